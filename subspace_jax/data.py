@@ -1,0 +1,190 @@
+"""MNIST as NumPy arrays, verified, with a validation split carved from train.
+
+Sources:
+  * ``idx``: a directory with the four standard IDX files (``.gz`` or not).
+    Default: ``data/mnist`` shipped in this repository.
+  * ``tfds``: ``tensorflow_datasets`` ``mnist`` through ``tfds.data_source``
+    (no TensorFlow needed once the data is prepared in ``data_dir``).
+  * ``synthetic``: a tiny, learnable stand-in for tests (class-dependent
+    blobs plus noise); no files needed.
+
+Images come back as float32 ``N x 28 x 28 x 1`` standardised with the usual
+MNIST mean/std; labels as int32. The validation split is the *last*
+``val_size`` training images (deterministic, independent of any seed); the
+test split is never used for a decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import struct
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DIR = os.path.join(REPO_ROOT, "data", "mnist")
+
+# SHA-256 of the *uncompressed* official files.
+SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MEAN, STD = 0.1307, 0.3081
+SOURCES = ("idx", "tfds", "synthetic")
+
+
+class DataError(ValueError):
+    """Raised for missing, truncated or altered data files and bad options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    train_x: np.ndarray  # N x 28 x 28 x 1 float32
+    train_y: np.ndarray  # N int32 (possibly with random labels)
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int = 10
+
+    def summary(self) -> str:
+        return (f"train {len(self.train_y)}, val {len(self.val_y)}, "
+                f"test {len(self.test_y)}")
+
+
+# ---------------------------------------------------------------- IDX files
+def _read_verified(directory: str, name: str) -> bytes:
+    candidates = [os.path.join(directory, name + ext) for ext in (".gz", "")]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    fix = (f"Copy the official MNIST file '{name}.gz' into {directory} "
+           f"(the repository ships them in {DEFAULT_DIR}), or pass "
+           "--config.data.source=tfds.")
+    if path is None:
+        raise DataError(f"MNIST file missing: {candidates[0]} (or {candidates[1]}). {fix}")
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
+    except (OSError, EOFError) as e:  # truncated gzip stream, unreadable file
+        raise DataError(f"Cannot read MNIST file {path}: {e}. {fix}") from e
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != SHA256[name]:
+        raise DataError(
+            f"MNIST file {path} has SHA-256 {digest} of its uncompressed bytes, "
+            f"expected {SHA256[name]}: the file is truncated or altered. {fix}")
+    return raw
+
+
+def _parse_idx(raw: bytes) -> np.ndarray:
+    ndim = raw[3]
+    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_idx(directory: str):
+    arrays = {n: _parse_idx(_read_verified(directory, n)) for n in SHA256}
+    return (arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
+            arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])
+
+
+def _load_tfds(data_dir: str | None):
+    import tensorflow_datasets as tfds  # heavy import, only when asked for
+
+    def split(name):
+        ds = tfds.data_source("mnist", split=name, data_dir=data_dir or None)
+        examples = [ds[i] for i in range(len(ds))]
+        x = np.stack([np.asarray(e["image"]).reshape(28, 28) for e in examples])
+        y = np.asarray([e["label"] for e in examples])
+        return x.astype(np.uint8), y.astype(np.uint8)
+
+    return (*split("train"), *split("test"))
+
+
+def _load_synthetic(n_train: int, n_test: int, seed: int = 0):
+    """Ten fixed random prototypes plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(0, 255, size=(10, 28, 28))
+
+    def make(n):
+        y = rng.integers(0, 10, size=n)
+        x = 0.6 * protos[y] + rng.uniform(0, 0.4 * 255, size=(n, 28, 28))
+        return x.astype(np.uint8), y.astype(np.uint8)
+
+    return (*make(n_train), *make(n_test))
+
+
+# ---------------------------------------------------------------- public API
+def load(source: str = "idx", data_dir: str = "", val_size: int = 10_000,
+         random_label_fraction: float = 0.0, permute_pixels: bool = False,
+         seed: int = 0, synthetic_size: int = 512, train_size: int = 0) -> Dataset:
+    """Loads MNIST (or the synthetic stand-in) and carves the validation split.
+
+    Args:
+      source: one of ``SOURCES``.
+      data_dir: directory for ``idx`` (default: the shipped ``data/mnist``) or
+        the tfds ``data_dir``.
+      val_size: the last ``val_size`` training images form the validation set.
+      random_label_fraction: fraction of *training* labels replaced by uniformly
+        random labels (fixed by ``seed``); validation and test keep true labels.
+      permute_pixels: apply one fixed random pixel permutation (fixed by
+        ``seed``) to every split.
+      seed: seed of the label noise and the permutation only.
+      synthetic_size: training-set size of the synthetic source.
+      train_size: keep only the first ``train_size`` training images (0 = all),
+        for quick runs; the validation split is unchanged.
+    """
+    if source == "idx":
+        tx, ty, sx, sy = _load_idx(data_dir or DEFAULT_DIR)
+    elif source == "tfds":
+        tx, ty, sx, sy = _load_tfds(data_dir)
+    elif source == "synthetic":
+        tx, ty, sx, sy = _load_synthetic(synthetic_size, max(64, synthetic_size // 4))
+    else:
+        raise DataError(f"Unknown data source {source!r} (config field data.source); "
+                        f"valid: {', '.join(SOURCES)}.")
+    if not 0 <= val_size < len(ty):
+        raise DataError(f"data.val_size={val_size} must be in [0, {len(ty) - 1}] "
+                        f"for {len(ty)} training images.")
+    if not 0.0 <= random_label_fraction <= 1.0:
+        raise DataError(f"data.random_label_fraction={random_label_fraction} "
+                        "must be in [0, 1].")
+
+    def norm(x):
+        return ((x.astype(np.float32) / 255.0 - MEAN) / STD)[..., None]
+
+    rng = np.random.default_rng(seed)
+    if permute_pixels:
+        perm = rng.permutation(28 * 28)
+        tx = tx.reshape(-1, 784)[:, perm].reshape(-1, 28, 28)
+        sx = sx.reshape(-1, 784)[:, perm].reshape(-1, 28, 28)
+    n_train = len(ty) - val_size
+    if train_size < 0:
+        raise DataError(f"data.train_size={train_size} must be >= 0 (0 = all).")
+    if train_size:
+        tx = np.concatenate([tx[:min(train_size, n_train)], tx[n_train:]])
+        ty = np.concatenate([ty[:min(train_size, n_train)], ty[n_train:]])
+        n_train = min(train_size, n_train)
+    train_y = ty[:n_train].astype(np.int32)
+    if random_label_fraction > 0:
+        noisy = rng.random(n_train) < random_label_fraction
+        train_y = np.where(noisy, rng.integers(0, 10, n_train), train_y).astype(np.int32)
+    return Dataset(
+        train_x=norm(tx[:n_train]), train_y=train_y,
+        val_x=norm(tx[n_train:]), val_y=ty[n_train:].astype(np.int32),
+        test_x=norm(sx), test_y=sy.astype(np.int32))
+
+
+def from_config(cfg) -> Dataset:
+    """``cfg`` is the ``data`` sub-config of an experiment."""
+    return load(source=cfg.source, data_dir=cfg.data_dir, val_size=cfg.val_size,
+                random_label_fraction=cfg.random_label_fraction,
+                permute_pixels=cfg.permute_pixels, seed=cfg.seed,
+                synthetic_size=cfg.synthetic_size, train_size=cfg.train_size)

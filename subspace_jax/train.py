@@ -1,0 +1,191 @@
+"""One training run as a pure function of (key, hyperparameters, data).
+
+``make_run(model, tcfg, scfg, n_train)`` returns ``run(key, hp, data) -> Result``
+for a single run. Everything that changes the compiled program (model, batch
+size, epochs, subspace ``d_max``) is static and comes from the configs;
+numbers that do not (learning rate, weight decay, active subspace size) come
+in ``hp`` as scalars so ``subspace_jax.vectorize`` can vmap them. ``hp`` may
+also carry ``theta_init`` (flat D-vector starting point, e.g. rewound weights)
+and ``mask`` (flat 0/1 D-vector: pruned weights start and stay exactly zero).
+
+Steps are fused with ``lax.scan`` (epochs outer, batches inner). Validation is
+measured after every epoch; with ``keep_best`` the parameters of the best
+validation epoch are kept (model selection on validation only). The test set
+is scored once, at the end, on the kept parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from subspace_jax import subspace
+from subspace_jax.models import Model
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+class Data(NamedTuple):
+    """Device arrays of one dataset; passed as arguments, never baked into HLO."""
+    train_x: jax.Array
+    train_y: jax.Array
+    val_x: jax.Array
+    val_y: jax.Array
+    test_x: jax.Array
+    test_y: jax.Array
+
+    @classmethod
+    def from_dataset(cls, ds) -> "Data":
+        return cls(*(jnp.asarray(a) for a in (ds.train_x, ds.train_y, ds.val_x,
+                                             ds.val_y, ds.test_x, ds.test_y)))
+
+
+class Result(NamedTuple):
+    history: dict[str, jax.Array]   # per-epoch arrays: train_loss, train_acc, val_loss, val_acc
+    final: dict[str, jax.Array]     # scalars: best_epoch, val_acc, test_acc, ..., diverged
+    params: Any                     # the kept trainable vector (theta or omega)
+
+
+def default_hp(tcfg, d_active: int = 0) -> dict[str, jax.Array]:
+    return {"learning_rate": jnp.float32(tcfg.learning_rate),
+            "weight_decay": jnp.float32(tcfg.weight_decay),
+            "d_active": jnp.int32(d_active)}
+
+
+def make_optimizer(tcfg, hp, total_steps: int, steps_per_epoch: int):
+    lr = hp["learning_rate"]
+    if tcfg.schedule == "constant":
+        schedule = lambda step: lr
+    elif tcfg.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, total_steps)
+    elif tcfg.schedule == "warmup_cosine":
+        warmup = max(1, int(tcfg.warmup_epochs * steps_per_epoch))
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+    else:
+        raise ValueError(f"Unknown train.schedule {tcfg.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+    wd = hp["weight_decay"]
+    if tcfg.optimizer == "adam":
+        return optax.chain(optax.add_decayed_weights(wd), optax.adam(schedule))
+    if tcfg.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=wd)
+    if tcfg.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(wd),
+                           optax.sgd(schedule, momentum=tcfg.momentum or None))
+    raise ValueError(f"Unknown train.optimizer {tcfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
+
+
+def cross_entropy(logits_NxK, y_N):
+    return optax.softmax_cross_entropy_with_integer_labels(logits_NxK, y_N).mean()
+
+
+def evaluate(apply, params, x, y, chunk: int):
+    """Mean loss and accuracy over ``x`` in chunks (bounded memory)."""
+    n = x.shape[0] // chunk * chunk
+    xs = x[:n].reshape(-1, chunk, *x.shape[1:])
+    ys = y[:n].reshape(-1, chunk)
+
+    def body(carry, xy):
+        logits = apply(params, xy[0])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, xy[1]).sum()
+        correct = (logits.argmax(-1) == xy[1]).sum()
+        return (carry[0] + loss, carry[1] + correct), None
+
+    (loss, correct), _ = lax.scan(body, (0.0, 0), (xs, ys))
+    if n < x.shape[0]:  # the ragged tail, once
+        logits = apply(params, x[n:])
+        loss = loss + optax.softmax_cross_entropy_with_integer_labels(logits, y[n:]).sum()
+        correct = correct + (logits.argmax(-1) == y[n:]).sum()
+    return loss / x.shape[0], correct / x.shape[0]
+
+
+def make_run(model: Model, tcfg, scfg, n_train: int):
+    """Builds ``run(key, hp, data) -> Result`` for one run.
+
+    Args:
+      model: the model (init/apply).
+      tcfg: ``train`` config: optimizer, learning_rate, weight_decay, momentum,
+        schedule, warmup_epochs, batch_size, epochs, eval_chunk, keep_best.
+      scfg: ``subspace`` config: ``d_max`` (0 = full-space training) and
+        ``projection``. The active size comes from ``hp['d_active']``.
+      n_train: training-set size (static: it fixes steps per epoch).
+    """
+    batch = int(tcfg.batch_size)
+    if not 0 < batch <= n_train:
+        raise ValueError(f"train.batch_size={batch} must be in [1, {n_train}] (training-set size).")
+    if int(tcfg.epochs) < 1:
+        raise ValueError(f"train.epochs={tcfg.epochs} must be >= 1.")
+    steps_per_epoch = n_train // batch
+    epochs = int(tcfg.epochs)
+    d_max = int(scfg.d_max)
+    chunk = int(tcfg.eval_chunk)
+
+    def run(key, hp, data: Data) -> Result:
+        k_init, k_data, k_proj = jax.random.split(key, 3)
+        theta0_D, unravel = ravel_pytree(model.init(k_init))
+        # Optional per-run inputs (their presence is static): a starting point
+        # (e.g. rewound weights) and a 0/1 pruning mask over the flat params.
+        theta0_D = hp.get("theta_init", theta0_D)
+        mask_D = hp.get("mask")
+        if mask_D is not None:
+            if d_max > 0:
+                raise ValueError("pruning masks apply to full-space training (subspace.d_max=0)")
+            mask_D = mask_D.astype(theta0_D.dtype)
+            theta0_D = theta0_D * mask_D
+        if d_max > 0:
+            project = subspace.make_projection(scfg.projection, k_proj, theta0_D.size, d_max)
+            mask_d = subspace.column_mask(d_max, hp["d_active"])
+            to_params = lambda omega_d: unravel(theta0_D + project(omega_d * mask_d))
+            trainable = jnp.zeros(d_max, jnp.float32)
+        else:
+            to_params = unravel
+            trainable = theta0_D
+        apply_flat = lambda w, x: model.apply(to_params(w), x)
+
+        def loss_fn(w, x, y):
+            logits = apply_flat(w, x)
+            return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
+
+        opt = make_optimizer(tcfg, hp, epochs * steps_per_epoch, steps_per_epoch)
+
+        def train_step(state, idx):
+            w, opt_state = state
+            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                w, data.train_x[idx], data.train_y[idx])
+            updates, opt_state = opt.update(g, opt_state, w)
+            if mask_D is not None:  # pruned weights stay exactly zero
+                updates = updates * mask_D
+            return (optax.apply_updates(w, updates), opt_state), (loss, acc)
+
+        def epoch_step(carry, epoch):
+            w, opt_state, best_w, best_acc, best_epoch = carry
+            perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
+            idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
+            (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
+            val_loss, val_acc = evaluate(apply_flat, w, data.val_x, data.val_y, chunk)
+            better = val_acc > best_acc if tcfg.keep_best else True
+            best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), w, best_w)
+            best_acc = jnp.where(better, val_acc, best_acc)
+            best_epoch = jnp.where(better, epoch, best_epoch)
+            metrics = {"train_loss": losses.mean(), "train_acc": accs.mean(),
+                       "val_loss": val_loss, "val_acc": val_acc}
+            return (w, opt_state, best_w, best_acc, best_epoch), metrics
+
+        init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1))
+        (w, _, best_w, best_acc, best_epoch), history = lax.scan(
+            epoch_step, init_carry, jnp.arange(epochs))
+        test_loss, test_acc = evaluate(apply_flat, best_w, data.test_x, data.test_y, chunk)
+        train_loss, train_acc = evaluate(apply_flat, best_w, data.train_x, data.train_y, chunk)
+        diverged = ~(jnp.all(jnp.isfinite(history["train_loss"])) & jnp.all(jnp.isfinite(w)))
+        final = {"best_epoch": best_epoch + 1, "val_acc": history["val_acc"][best_epoch],
+                 "val_loss": history["val_loss"][best_epoch],
+                 "train_acc": train_acc, "train_loss": train_loss,
+                 "test_acc": test_acc, "test_loss": test_loss, "diverged": diverged}
+        return Result(history, final, best_w)
+
+    return run
