@@ -29,9 +29,13 @@ def to_jsonable(x: Any) -> Any:
         return [to_jsonable(v) for v in x]
     if hasattr(x, "to_dict"):  # ml_collections.ConfigDict
         return to_jsonable(x.to_dict())
+    if isinstance(x, np.float32):  # shortest repr: 0.03, not 0.029999999329447746
+        return to_jsonable(float(str(x)))
     if isinstance(x, (np.ndarray, np.generic)) or type(x).__module__.startswith("jax"):
         arr = np.asarray(x)
-        return to_jsonable(arr.tolist()) if arr.ndim else to_jsonable(arr.item())
+        if arr.ndim:
+            return [to_jsonable(v) for v in arr]
+        return to_jsonable(arr[()] if arr.dtype == np.float32 else arr.item())
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN; a diverged value is recorded as null
     return x

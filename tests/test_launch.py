@@ -1,0 +1,68 @@
+"""launch.py end to end: every experiment's quick form, resumption, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import available
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args):
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_subspace_sweep_quick_end_to_end_and_resume(tmp_path):
+    args = ["--experiment=subspace_sweep", "--quick", f"--workdir={tmp_path}",
+            "--config.data.source=synthetic", "--config.data.val_size=128",
+            "--config.data.train_size=0"]
+    first = launch(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md", "accuracy_vs_d.png"):
+        assert (tmp_path / name).exists(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["models"]) == {"zoo_cnn_small", "zoo_fc16"}
+    rows = summary["models"]["zoo_fc16"]["subspace"]
+    assert [r["d"] for r in rows] == [10, 100]
+    assert all(r["learning_rate"] in (0.03, 0.1) for r in rows)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert all("epoch" in json.loads(line) for line in lines)
+    assert "ETA" in first.stdout
+
+    second = launch(*args)  # everything finished: nothing is recomputed
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("skipped (already finished)") == 4
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines
+
+
+def test_unknown_experiment_lists_valid_ones():
+    r = launch("--experiment=nope")
+    assert r.returncode != 0
+    assert "subspace_sweep" in r.stderr and "nope" in r.stderr
+
+
+def test_unknown_config_field_lists_valid_fields():
+    r = launch("--experiment=subspace_sweep", "--config.train.epoch=3")
+    assert r.returncode != 0
+    assert "train.epoch" in r.stderr and "train.epochs" in r.stderr
+
+
+def test_bad_model_name_is_a_clear_error(tmp_path):
+    r = launch("--experiment=subspace_sweep", "--quick", f"--workdir={tmp_path}",
+               "--config.models=(\"resnet\",)")
+    assert r.returncode != 0
+    assert "resnet" in r.stderr and "conv_subspace" in r.stderr
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_experiment_has_config_docstring_and_quick_form(name):
+    import importlib
+    module = importlib.import_module(f"experiments.{name}")
+    assert "python launch.py --experiment=" + name in module.__doc__
+    quick = module.get_config(quick=True)
+    assert quick.to_dict() != module.get_config(quick=False).to_dict()

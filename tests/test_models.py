@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from subspace_jax import models
+
+EXPECTED = {
+    "fc_200_200": 199_210, "conv_subspace": 21_840, "zoo_fc16": 12_730, "zoo_fc32": 25_450,
+    "zoo_cnn_small": 3_369, "zoo_cnn_large": 10_754, "lenet_300_100": 266_610,
+    "mlp_512": 407_050, "golf_relu": 807, "golf_prelu": 820,
+}
+
+
+@pytest.mark.parametrize("name,count", sorted(EXPECTED.items()))
+def test_param_counts(name, count):
+    model = models.get(name)
+    params = model.init(jax.random.key(0))
+    assert models.num_params(params) == count == models.param_count(model)
+    logits = model.apply(params, jnp.zeros((3, 28, 28, 1)))
+    assert logits.shape == (3, 10)
+
+
+def test_registry_lists_every_model_and_rejects_unknown():
+    assert set(EXPECTED) <= set(models.names())
+    with pytest.raises(ValueError, match="valid: .*conv_subspace"):
+        models.get("resnet")
+
+
+def test_cli_prints_counts(capsys):
+    models.main()
+    out = capsys.readouterr().out
+    assert "21,840" in out and "199,210" in out and "820" in out
+
+
+def test_slice_conv_equals_lax_conv():
+    kx, kw, kb = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (2, 11, 9, 3))
+    w = jax.random.normal(kw, (4, 4, 3, 5))
+    b = jax.random.normal(kb, (5,))
+    np.testing.assert_allclose(models.conv2d(x, w, b, "slice"), models.conv2d(x, w, b, "lax"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_maxpool_equals_reduce_window_floor_mode():
+    x = jax.random.normal(jax.random.key(2), (2, 7, 9, 3))
+    ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(models.maxpool2(x), ref)
+
+
+def test_prelu_slopes_are_trained_parameters():
+    model = models.golf_cnn(activation="prelu")
+    params = model.init(jax.random.key(0))
+    assert params["conv0"]["slope"].shape == (4,)
+    x = jax.random.normal(jax.random.key(3), (4, 28, 28, 1))
+    g = jax.grad(lambda p: model.apply(p, x).sum())(params)
+    assert float(jnp.abs(g["conv1"]["slope"]).sum()) > 0
+
+
+def test_golf_family_rejects_impossible_shapes():
+    with pytest.raises(ValueError, match="no spatial extent"):
+        models.golf_cnn(kernels=(9, 9, 9))

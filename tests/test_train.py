@@ -1,0 +1,127 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from subspace_jax import config as C
+from subspace_jax import models, train, vectorize
+
+
+def tcfg(**kw):
+    return C.train_config(**{"epochs": 2, "batch_size": 32, "eval_chunk": 64, **kw})
+
+
+@pytest.fixture(scope="module")
+def dat(synthetic):
+    return train.Data.from_dataset(synthetic)
+
+
+def hp_rows(cfg, n=1, **cols):
+    base = {k: np.repeat(np.asarray(v)[None], n, 0) for k, v in train.default_hp(cfg).items()}
+    base.update({k: np.asarray(v) for k, v in cols.items()})
+    return base
+
+
+def test_full_space_training_learns(synthetic, dat):
+    cfg = tcfg(epochs=3)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    res = jax.jit(run)(jax.random.key(0), train.default_hp(cfg), dat)
+    hist = res.history
+    assert hist["train_loss"].shape == (3,)
+    assert float(hist["train_loss"][-1]) < float(hist["train_loss"][0])
+    assert float(res.final["val_acc"]) > 0.5 and not bool(res.final["diverged"])
+    assert 0.0 <= float(res.final["test_acc"]) <= 1.0
+
+
+def test_golden_one_epoch(synthetic, dat):
+    """Pins the first epoch of one fixed run. If an intended change to init, data
+    order or the optimizer moves it, check the new value and update it."""
+    cfg = tcfg(epochs=1)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    res = jax.jit(run)(jax.random.key(42), train.default_hp(cfg), dat)
+    np.testing.assert_allclose(float(res.history["train_loss"][0]), 1.924803, rtol=2e-3)
+
+
+def test_same_seed_same_numbers_different_seed_different(synthetic, dat):
+    cfg = tcfg()
+    run = jax.jit(train.make_run(models.get("zoo_cnn_small"), cfg, C.subspace_config(0),
+                                 len(synthetic.train_y)))
+    a = run(jax.random.key(7), train.default_hp(cfg), dat)
+    b = run(jax.random.key(7), train.default_hp(cfg), dat)
+    c = run(jax.random.key(8), train.default_hp(cfg), dat)
+    np.testing.assert_array_equal(a.history["train_loss"], b.history["train_loss"])
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.array_equal(a.history["train_loss"], c.history["train_loss"])
+
+
+def test_vmapped_equals_looped_over_seeds_and_hparams(synthetic, dat):
+    cfg = tcfg()
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(30), len(synthetic.train_y))
+    hp = hp_rows(cfg, 3, learning_rate=np.float32([0.01, 0.03, 0.1]), d_active=np.int32([5, 30, 30]))
+    keys = vectorize.run_keys([0, 1])
+    v = vectorize.vmapped(run, keys, hp, dat)
+    l = vectorize.looped(run, keys, hp, dat)
+    assert v.history["val_acc"].shape == (2, 3, 2)
+    np.testing.assert_allclose(v.history["train_loss"], l.history["train_loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v.final["test_acc"], l.final["test_acc"], atol=1e-6)
+
+
+def test_subspace_runs_use_only_active_columns(synthetic, dat):
+    cfg = tcfg(epochs=1)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(20), len(synthetic.train_y))
+    hp = hp_rows(cfg, 2, learning_rate=np.float32([0.05, 0.05]), d_active=np.int32([4, 20]))
+    out = vectorize.vmapped(run, jax.random.key(0), hp, dat)
+    omega = np.asarray(out.params)
+    assert omega.shape == (2, 20)
+    assert np.all(omega[0, 4:] == 0) and np.any(omega[0, :4] != 0)
+    assert np.count_nonzero(omega[1]) > 4
+
+
+def test_diverged_run_is_recorded_not_raised(synthetic, dat):
+    cfg = tcfg(optimizer="sgd", momentum=0.0)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    hp = hp_rows(cfg, 2, learning_rate=np.float32([0.01, 1e12]))
+    out = vectorize.vmapped(run, jax.random.key(0), hp, dat)
+    assert list(np.asarray(out.final["diverged"])) == [False, True]
+
+
+def test_mask_keeps_pruned_weights_exactly_zero(synthetic, dat):
+    cfg = tcfg(optimizer="adamw", weight_decay=1e-2)
+    model = models.get("zoo_fc16")
+    D = models.param_count(model)
+    mask = (np.random.default_rng(0).random(D) < 0.3).astype(np.float32)
+    run = jax.jit(train.make_run(model, cfg, C.subspace_config(0), len(synthetic.train_y)))
+    res = run(jax.random.key(0), {**train.default_hp(cfg), "mask": jnp.asarray(mask)}, dat)
+    theta = np.asarray(res.params)
+    assert np.all(theta[mask == 0] == 0.0)
+    assert np.count_nonzero(theta[mask == 1]) == int(mask.sum())
+
+
+def test_compiles_once_per_shape(synthetic, dat):
+    cfg = tcfg(epochs=1)
+    traces = []
+    inner = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+
+    def counted(key, hp, data):
+        traces.append(1)
+        return inner(key, hp, data)
+
+    for lr in (0.01, 0.02, 0.03):
+        vectorize.vmapped(counted, vectorize.run_keys([0]), hp_rows(cfg, 1, learning_rate=np.float32([lr])), dat)
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("batch_size", 0, "train.batch_size"), ("epochs", 0, "train.epochs")])
+def test_bad_train_config_is_a_clear_error(synthetic, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        train.make_run(models.get("zoo_fc16"), tcfg(**{field: value}), C.subspace_config(0), 100)
+
+
+@pytest.mark.parametrize("field,value", [("optimizer", "lamb"), ("schedule", "step")])
+def test_unknown_optimizer_or_schedule(synthetic, dat, field, value):
+    cfg = tcfg(**{field: value})
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    with pytest.raises(ValueError, match=f"train.{field}"):
+        jax.eval_shape(run, jax.random.key(0), train.default_hp(cfg), dat)
