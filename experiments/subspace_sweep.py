@@ -29,7 +29,7 @@ import numpy as np
 
 from subspace_jax import config as C
 from subspace_jax import data, models, plots, sweep, train
-from subspace_jax.workdir import Workdir
+from subspace_jax.workdir import EpochTicker, Workdir
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -75,7 +75,8 @@ def units_for(cfg, ds, dat):
         dims = sorted({min(int(d), D) for d in cfg.dims})
 
         def full(model=model, D=D):
-            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train)
+            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
+                                 EpochTicker(f"{model.name} full", cfg.train.epochs))
             lrs = np.asarray(cfg.full_learning_rates, np.float32)
             hp = {"learning_rate": lrs, "weight_decay": np.full_like(lrs, cfg.train.weight_decay),
                   "d_active": np.zeros(len(lrs), np.int32)}
@@ -84,7 +85,8 @@ def units_for(cfg, ds, dat):
         def sub(model=model, dims=dims):
             tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
             tcfg.batch_size = cfg.subspace_batch_size
-            run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train)
+            run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train,
+                                 EpochTicker(f"{model.name} subspace", tcfg.epochs))
             g = {"d_active": [], "learning_rate": []}
             for d in dims:
                 for lr in cfg.subspace_learning_rates:

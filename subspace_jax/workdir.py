@@ -110,3 +110,31 @@ class Progress:
         tag = "skipped (already finished)" if skipped else f"{seconds:.1f}s" if seconds else ""
         print(f"[{self.name} {self.done}/{self.total}] {label}  {tag}  "
               f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream, flush=True)
+
+
+class EpochTicker:
+    """Host callback for ``train.make_run(on_epoch=...)``: one line per epoch.
+
+    Under vmap the callback fires once per run and epoch; only the first call
+    of each epoch prints.
+    """
+
+    def __init__(self, label: str, epochs: int, stream=sys.stdout):
+        self.label, self.epochs, self.stream = label, epochs, stream
+        self.seen: set[int] = set()
+        self.start = time.time()
+
+    def __call__(self, epoch) -> None:
+        e = int(epoch) + 1
+        if e in self.seen:
+            return
+        self.seen.add(e)
+        now = time.time()
+        elapsed = now - self.start
+        if e == 1:
+            self.first = now  # epoch 1 includes compilation: later rates exclude it
+            eta = elapsed * (self.epochs - 1)
+        else:
+            eta = (now - self.first) / (e - 1) * (self.epochs - e)
+        print(f"  {self.label}: epoch {e}/{self.epochs}  elapsed {elapsed:.0f}s, "
+              f"ETA {eta:.0f}s", file=self.stream, flush=True)
