@@ -1,6 +1,30 @@
-"""Random subspaces: theta_D = theta0_D + P_Dxd @ omega_d.
+"""Random subspaces: theta_D = theta0_D + P(omega_d).
 
-The foundation ships the dense Gaussian projection with unit-norm columns.
+``make_projection(kind, key, D, d)`` returns ``project(omega_d) -> delta_D``,
+the linear map P: R^d -> R^D of one kind. Every kind is a pure function of
+the key, so a projection seed is just a key and can be vmapped.
+
+Kinds (memory is what a run holds besides theta; no kind but dense and
+orthonormal ever builds a D x d array):
+
+* ``dense``: Gaussian, every column normalised to unit length over all D. D x d.
+* ``orthonormal``: QR of the dense kind's Gaussian (d <= D). D x d.
+* ``sparse``: ``nnz`` Gaussian non-zeros per column (default ceil(sqrt(D))),
+  unit-norm columns; forward is a segment sum, backward a gather. d x nnz.
+* ``fastfood``: per block of N inputs, s H G Pi H B with H a Walsh-Hadamard
+  transform (N = D padded to a power of two), ceil(d / N) blocks summed.
+  O(D + d) memory, O((D + d) log D) time; columns unit norm in expectation.
+* ``regenerated``: the dense law with P never stored: blocks of columns are
+  regenerated from per-column keys in the forward and the backward pass
+  (a ``custom_vjp``). O(D x block) memory for any d, O(D d) time.
+* ``subspace_nn``: theta0's own direction (unit norm) as column 0, trainable
+  like the rest, plus d - 1 columns of a ``base`` kind (default dense).
+
+Options go as keywords or in the kind string, ``"sparse:nnz=8"`` or
+``"subspace_nn:base=sparse,nnz=8"``, so a config string selects them all
+(e.g. ``--config.projection=sparse:nnz=8`` for experiments/subspace_sweep.py). ``projection_matrix`` builds
+the same P explicitly, for tests and analysis on small shapes.
+
 Runs of several subspace sizes share one ``P`` of the largest ``d`` and mask
 off columns (``d_active``), so a sweep over ``d`` compiles once and, when the
 runs share a projection key, keeps a single ``P`` in memory.
@@ -8,25 +32,294 @@ runs share a projection key, keeps a single ``P`` in memory.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-PROJECTIONS = ("dense",)
+PROJECTIONS = ("dense", "orthonormal", "sparse", "fastfood", "regenerated", "subspace_nn")
+_OPTIONS = {"dense": (), "orthonormal": (), "sparse": ("nnz",), "fastfood": (),
+            "regenerated": ("block",), "subspace_nn": ("base",)}
+_BLOCK_ELEMENTS = 1 << 24  # regenerated: default block of about 64 MiB float32
 
 
+# ---------------------------------------------------------------- kind strings
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_kind(spec: str) -> tuple[str, dict]:
+    """``"sparse:nnz=8"`` -> ``("sparse", {"nnz": 8})``."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"projection option {item!r} in {spec!r} is not key=value")
+        options[key.strip()] = _value(value.strip())
+    return name.strip(), options
+
+
+def _check(name: str, options: dict) -> None:
+    if name not in PROJECTIONS:
+        raise ValueError(f"Unknown projection {name!r} (config field subspace.projection); "
+                         f"valid: {', '.join(PROJECTIONS)}.")
+    unknown = set(options) - set(_OPTIONS[name])
+    if unknown:
+        raise ValueError(f"projection {name!r} has no option(s) {sorted(unknown)}; "
+                         f"valid: {', '.join(_OPTIONS[name]) or 'none'}.")
+
+
+def _linear_map(apply, transpose):
+    """``f(params, x) = apply(params, x)``, linear in x, whose VJP is ``transpose``.
+
+    Gives the backward pass explicitly (no residuals, no scatter) and keeps
+    ``params`` out of the gradient. Reverse mode only: ``jax.jvp`` fails.
+    """
+    @jax.custom_vjp
+    def f(params, x):
+        return apply(params, x)
+
+    f.defvjp(lambda params, x: (apply(params, x), params),
+             lambda params, g: (None, transpose(params, g)))
+    return f
+
+
+# ---------------------------------------------------------------- dense family
 def dense_projection(key, D: int, d: int, dtype=jnp.float32):
     """Gaussian ``P_Dxd`` with every column normalised to unit length over all D."""
     P_Dxd = jax.random.normal(key, (D, d), dtype)
     return P_Dxd / jnp.linalg.norm(P_Dxd, axis=0, keepdims=True)
 
 
-def make_projection(kind: str, key, D: int, d: int):
-    """Returns ``project(omega_d) -> delta_D``."""
-    if kind == "dense":
-        P_Dxd = dense_projection(key, D, d)
+def orthonormal_projection(key, D: int, d: int, dtype=jnp.float32):
+    """``Q_Dxd`` from QR of the dense kind's Gaussian (needs d <= D).
+
+    Signs make diag(R) positive, so Q is Gram-Schmidt of the Gaussian columns
+    (Haar distributed) and column 0 equals the dense kind's column 0.
+    """
+    if d > D:
+        raise ValueError(f"orthonormal projection needs d <= D, got d={d}, D={D}")
+    Q_Dxd, R_dxd = jnp.linalg.qr(jax.random.normal(key, (D, d), dtype))
+    return Q_Dxd * jnp.where(jnp.diagonal(R_dxd) < 0, -1.0, 1.0).astype(dtype)
+
+
+# ---------------------------------------------------------------- sparse
+def default_nnz(D: int) -> int:
+    """ceil(sqrt(D)): the density 1/sqrt(D) of "very sparse" random projections."""
+    return math.ceil(math.sqrt(D))
+
+
+def sparse_params(key, D: int, d: int, nnz: int | None = None):
+    """Row indices and values of the non-zeros, ``(rows_dxk, vals_dxk)``.
+
+    Column j's k rows are ``offset_j + i * (D // k) + jitter_ji`` (mod D) for
+    i < k: one per stride window, so they are distinct (the column norm is
+    exactly 1 with no de-duplication) and every row is hit with probability k/D.
+    Values are Gaussian, normalised per column; nnz = D gives the dense law.
+    """
+    k = int(min(max(default_nnz(D) if nnz is None else int(nnz), 1), D))
+    stride = D // k
+    k_off, k_jit, k_val = jax.random.split(key, 3)
+    offset_d = jax.random.randint(k_off, (d, 1), 0, D)
+    jitter_dxk = jax.random.randint(k_jit, (d, k), 0, stride)
+    rows_dxk = (offset_d + stride * jnp.arange(k) + jitter_dxk) % D
+    vals_dxk = jax.random.normal(k_val, (d, k))
+    return rows_dxk.astype(jnp.int32), vals_dxk / jnp.linalg.norm(vals_dxk, axis=1, keepdims=True)
+
+
+def sparse_apply(rows_dxk, vals_dxk, omega_d, D: int):
+    """``P omega`` as one segment sum; autodiff turns it into a gather."""
+    contrib_dxk = vals_dxk * omega_d[:, None]
+    return jax.ops.segment_sum(contrib_dxk.reshape(-1), rows_dxk.reshape(-1), num_segments=D)
+
+
+# ---------------------------------------------------------------- fastfood
+def fwht(x_N):
+    """Unnormalised Walsh-Hadamard transform along the last axis: ``H_N x``.
+
+    Sylvester order (H[r, c] = (-1)^popcount(r & c), so H H = N I), N a power
+    of two; log2(N) reshape-and-add butterflies, O(N log N) time, O(N) memory.
+    """
+    n = x_N.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    lead = x_N.shape[:-1]
+    h = 1
+    while h < n:
+        pairs = x_N.reshape(*lead, n // (2 * h), 2, h)
+        a, b = pairs[..., 0, :], pairs[..., 1, :]
+        x_N = jnp.stack([a + b, a - b], axis=-2).reshape(*lead, n)
+        h *= 2
+    return x_N
+
+
+def hadamard_matrix(n: int):
+    """The Sylvester Hadamard matrix ``H_nxn`` (reference for ``fwht``; tiny n)."""
+    H = np.ones((1, 1), np.float32)
+    while H.shape[0] < n:
+        H = np.block([[H, H], [H, -H]])
+    if H.shape[0] != n:
+        raise ValueError(f"n={n} is not a power of two")
+    return jnp.asarray(H)
+
+
+def fastfood_params(key, D: int, d: int) -> dict:
+    """Per block b < ceil(d / N), N = D padded to a power of two: signs B,
+    permutation Pi (and its inverse), Gaussian G, and the scale s.
+
+    Column j of a block, over all N rows, has norm exactly sqrt(N) |G|; the
+    first D rows are kept, so s = 1 / (sqrt(D) |G|) makes the expected squared
+    norm of every column exactly 1 (exactly 1 for each column when D = N).
+    """
+    n = 1 << max(D - 1, 0).bit_length()
+    blocks = -(-d // n)
+    k_b, k_p, k_g = jax.random.split(key, 3)
+    B_bxN = jax.random.rademacher(k_b, (blocks, n), jnp.float32)
+    perm_bxN = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(k_p, blocks))
+    G_bxN = jax.random.normal(k_g, (blocks, n))
+    scale_b = 1.0 / (math.sqrt(D) * jnp.linalg.norm(G_bxN, axis=1))
+    return {"B": B_bxN, "perm": perm_bxN, "inv_perm": jnp.argsort(perm_bxN, axis=1),
+            "G": G_bxN, "scale": scale_b}
+
+
+def _fastfood_apply(D: int, d: int):
+    def apply(p, omega_d):
+        blocks, n = p["B"].shape
+        x_bxN = jnp.pad(omega_d, (0, blocks * n - d)).reshape(blocks, n)
+        y_bxN = jnp.take_along_axis(fwht(x_bxN * p["B"]), p["perm"], axis=1)
+        y_bxN = fwht(y_bxN * p["G"]) * p["scale"][:, None]
+        return y_bxN.sum(0)[:D]
+
+    def transpose(p, g_D):
+        # P_b^T = s B H Pi^T G H: the first H is shared by all blocks.
+        n = p["B"].shape[1]
+        z_N = fwht(jnp.pad(g_D, (0, n - D)))
+        z_bxN = z_N * p["G"] * p["scale"][:, None]
+        z_bxN = jnp.take_along_axis(z_bxN, p["inv_perm"], axis=1)
+        return (fwht(z_bxN) * p["B"]).reshape(-1)[:d]
+
+    return _linear_map(apply, transpose)
+
+
+# ---------------------------------------------------------------- regenerated dense
+def regenerated_columns(key, start, count: int, D: int):
+    """Columns ``start .. start+count-1`` as rows of ``cols_cxD``: column j is
+    ``normal(fold_in(key, j), (D,))`` normalised, so any block of columns is
+    regenerated bit-identically, whatever the block size."""
+    j_c = start + jnp.arange(count)
+    cols_cxD = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (D,)))(j_c)
+    return cols_cxD / jnp.linalg.norm(cols_cxD, axis=1, keepdims=True)
+
+
+def default_block(D: int, d: int) -> int:
+    return int(min(max(_BLOCK_ELEMENTS // D, 1), d))
+
+
+def _regenerated_apply(D: int, d: int, block: int):
+    blocks = -(-d // block)
+
+    def apply(key, omega_d):
+        w_bxc = jnp.pad(omega_d, (0, blocks * block - d)).reshape(blocks, block)
+
+        def body(delta_D, b):
+            cols_cxD = regenerated_columns(key, b * block, block, D)
+            return delta_D + w_bxc[b] @ cols_cxD, None
+
+        delta_D, _ = lax.scan(body, jnp.zeros(D, omega_d.dtype), jnp.arange(blocks))
+        return delta_D
+
+    def transpose(key, g_D):
+        g_bxc = lax.map(lambda b: regenerated_columns(key, b * block, block, D) @ g_D,
+                        jnp.arange(blocks))
+        return g_bxc.reshape(-1)[:d]
+
+    return _linear_map(apply, transpose)
+
+
+# ---------------------------------------------------------------- interface
+def _unit(theta0_D):
+    if theta0_D is None:
+        raise ValueError("projection 'subspace_nn' needs theta0_D (train.make_run passes it)")
+    return theta0_D / jnp.maximum(jnp.linalg.norm(theta0_D), 1e-30)
+
+
+def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, **options):
+    """Returns ``project(omega_d) -> delta_D``, the linear map P of ``kind``.
+
+    Args:
+      kind: one of ``PROJECTIONS``, optionally with options, ``"sparse:nnz=8"``.
+      key: the projection key (P is a pure function of it).
+      D, d: parameter count and subspace size (static).
+      theta0_D: the starting point; used only by ``subspace_nn``.
+      **options: ``nnz`` (sparse; default ceil(sqrt(D))), ``block`` (regenerated:
+        columns regenerated at a time), ``base`` (subspace_nn: kind of the
+        d - 1 random columns, default dense; other options go to it).
+    """
+    name, parsed = parse_kind(kind)
+    options = {**parsed, **options}
+    if name == "subspace_nn":
+        base = str(options.pop("base", "dense"))
+        base_name, base_options = parse_kind(base)
+        if base_name == "subspace_nn":
+            raise ValueError("subspace_nn needs a random base kind, not subspace_nn")
+        _check(base_name, {**base_options, **options})
+        u_D = _unit(theta0_D)
+        if d == 1:
+            return lambda omega_d: omega_d[0] * u_D
+        rest = make_projection(base, key, D, d - 1, **options)
+        return lambda omega_d: omega_d[0] * u_D + rest(omega_d[1:])
+    _check(name, options)
+    if name in ("dense", "orthonormal"):
+        P_Dxd = (dense_projection if name == "dense" else orthonormal_projection)(key, D, d)
         return lambda omega_d: P_Dxd @ omega_d
-    raise ValueError(f"Unknown projection {kind!r} (config field subspace.projection); "
-                     f"valid: {', '.join(PROJECTIONS)}.")
+    if name == "sparse":
+        rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
+        return lambda omega_d: sparse_apply(rows_dxk, vals_dxk, omega_d, D)
+    if name == "fastfood":
+        params, apply = fastfood_params(key, D, d), _fastfood_apply(D, d)
+        return lambda omega_d: apply(params, omega_d)
+    block = min(int(options.get("block") or default_block(D, d)), d)
+    apply = _regenerated_apply(D, d, block)
+    return lambda omega_d: apply(key, omega_d)
+
+
+def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, **options):
+    """The explicit ``P_Dxd`` that ``make_projection`` applies, built from the
+    same random parameters by a separate route (small shapes: tests, analysis)."""
+    name, parsed = parse_kind(kind)
+    options = {**parsed, **options}
+    if name == "subspace_nn":
+        base = str(options.pop("base", "dense"))
+        cols = [_unit(theta0_D)[:, None]]
+        if d > 1:
+            cols.append(projection_matrix(base, key, D, d - 1, **options))
+        return jnp.concatenate(cols, axis=1)
+    _check(name, options)
+    if name == "dense":
+        return dense_projection(key, D, d)
+    if name == "orthonormal":
+        return orthonormal_projection(key, D, d)
+    if name == "sparse":
+        rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
+        cols_dxk = jnp.broadcast_to(jnp.arange(d)[:, None], rows_dxk.shape)
+        return jnp.zeros((D, d)).at[rows_dxk, cols_dxk].set(vals_dxk)
+    if name == "fastfood":
+        p = fastfood_params(key, D, d)
+        n = p["B"].shape[1]
+        H = hadamard_matrix(n)
+        eye = jnp.eye(n)
+        blocks = [p["scale"][b] * H @ jnp.diag(p["G"][b]) @ eye[p["perm"][b]] @ H
+                  @ jnp.diag(p["B"][b]) for b in range(p["B"].shape[0])]
+        return jnp.concatenate(blocks, axis=1)[:D, :d]
+    return regenerated_columns(key, 0, d, D).T
 
 
 def column_mask(d_max: int, d_active):

@@ -104,7 +104,7 @@ def evaluate(apply, params, x, y, chunk: int):
     return loss / x.shape[0], correct / x.shape[0]
 
 
-def make_run(model: Model, tcfg, scfg, n_train: int):
+def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     """Builds ``run(key, hp, data) -> Result`` for one run.
 
     Args:
@@ -114,6 +114,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int):
       scfg: ``subspace`` config: ``d_max`` (0 = full-space training) and
         ``projection``. The active size comes from ``hp['d_active']``.
       n_train: training-set size (static: it fixes steps per epoch).
+      on_epoch: optional host function ``on_epoch(epoch)`` called after each
+        epoch (once per run under vmap), e.g. a ``workdir.EpochTicker``.
     """
     batch = int(tcfg.batch_size)
     if not 0 < batch <= n_train:
@@ -138,7 +140,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int):
             mask_D = mask_D.astype(theta0_D.dtype)
             theta0_D = theta0_D * mask_D
         if d_max > 0:
-            project = subspace.make_projection(scfg.projection, k_proj, theta0_D.size, d_max)
+            project = subspace.make_projection(scfg.projection, k_proj, theta0_D.size, d_max,
+                                               theta0_D=theta0_D)  # used by subspace_nn only
             mask_d = subspace.column_mask(d_max, hp["d_active"])
             to_params = lambda omega_d: unravel(theta0_D + project(omega_d * mask_d))
             trainable = jnp.zeros(d_max, jnp.float32)
@@ -168,6 +171,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int):
             idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
             (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
             val_loss, val_acc = evaluate(apply_flat, w, data.val_x, data.val_y, chunk)
+            if on_epoch is not None:
+                jax.debug.callback(on_epoch, epoch)
             better = val_acc > best_acc if tcfg.keep_best else True
             best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), w, best_w)
             best_acc = jnp.where(better, val_acc, best_acc)
