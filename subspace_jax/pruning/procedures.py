@@ -1,0 +1,426 @@
+"""Pruning procedures as pure functions of one run: ``run(key, hp, data)``.
+
+A builder returns a single-seed ``run`` that ``vectorize.vmapped`` turns
+into one compiled program over seeds (keys) and hp rows (rows share a key).
+``hp`` holds the training scalars (``learning_rate``, ``weight_decay``,
+``d_active``) and ``densities``: the fraction of prunable weights kept at each
+level, shape ``[L]`` per row. Every training goes through ``train.make_run``
+with ``hp['mask']`` (pruned weights start and stay exactly zero, updates are
+masked) and ``hp['theta_init']``.
+
+``make_pruning_run`` builds one such run holding the dense run and any of:
+
+* at init: score the initialisation, prune one-shot to each density, train
+  (random, magnitude, SNIP, GraSP, SynFlow);
+* after training, from the dense run's kept (best-validation) weights:
+    - one-shot: score, prune to each density, fine-tune;
+    - iterative: per level score the previous level's fine-tuned weights,
+      prune the survivors further, fine-tune (OBD's train-score-prune-retrain);
+    - IMP (lottery tickets): per level prune the smallest-magnitude survivors,
+      rewind them to their values at init (``rewind_epoch=0``) or after
+      ``rewind_epoch`` epochs of the dense run, and retrain the full schedule;
+      with ``control``, the same masks also train from a fresh random init
+      (the random-reinitialisation control).
+
+All of them in one program keeps the number of compiled trainings at three
+(dense + at init, fine-tune, IMP), which dominates the cost of a quick run.
+
+Outputs are dicts ``{"<procedure>/<scorer>": Levels, "dense": train.Result}``
+whose leaves gain ``[S, R]`` axes under ``vmapped``; ``unit_records`` turns
+them into one JSON record per (seed, row, level).
+
+Keys: one root key per run; ``init``, ``train`` (data order), ``score``,
+``reinit`` and ``batch`` keys are derived from it with ``fold_in``. All arms of
+a run share the ``train`` key (same data order) and one scoring batch of
+training examples (SNIP, GraSP and OBD see the same examples).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from subspace_jax import config as C
+from subspace_jax import train
+from subspace_jax.pruning import masks, scorers
+
+AT_INIT = ("random", "magnitude", "snip", "grasp", "synflow")
+AFTER_TRAINING = ("magnitude", "obd")
+SCORERS = ("random", "magnitude", "snip", "grasp", "synflow", "obd")
+TRAIN_HP = ("learning_rate", "weight_decay", "d_active")
+
+
+def prune_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(dict(
+        mode="global",             # global (raw scores, no per-layer normalisation) | layerwise
+        prunable=("w",),           # leaf names that may be pruned (kernels); biases/slopes stay
+        min_one_per_layer=True,    # layer-collapse guard
+        layer_exponents=(),        # layerwise only: ((leaf name, e), ...): density_l = density ** e
+        score_batch=256,           # training examples scored by SNIP, GraSP and OBD
+        obd_hessian="auto",        # auto | exact | gauss_newton | hutchinson
+        obd_exact_max_params=2000,  # auto: exact Hessian diagonal up to this many params
+        hutchinson_samples=64,
+        hessian_chunk=16,          # vectors (or examples) per vmapped block
+        grasp_temperature=200.0,
+        synflow_rounds=100,
+        finetune_epochs=1,         # after-training procedures (not IMP, which retrains fully)
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+# ---------------------------------------------------------------- helpers
+class Keys(NamedTuple):
+    init: jax.Array
+    train: jax.Array
+    score: jax.Array
+    reinit: jax.Array
+    batch: jax.Array
+
+
+def run_keys(key) -> Keys:
+    return Keys(*(jax.random.fold_in(key, i) for i in range(5)))
+
+
+def flat_model(model):
+    """``(unravel, apply_D, init_D)`` for the flat parameter vector."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
+    apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
+    init_D = lambda key: ravel_pytree(model.init(key))[0]
+    return unravel, apply_D, init_D
+
+
+def layer_exponents(lay: masks.Layout, pairs) -> tuple[float, ...]:
+    table = {str(n): float(e) for n, e in pairs}
+    prunable = [lay.names[i] for i in lay.prunable_leaves]
+    unknown = set(table) - set(prunable)
+    if unknown:
+        raise ValueError(f"layer_exponents name {sorted(unknown)}; prunable tensors: {prunable}")
+    return tuple(table.get(n, 1.0) for n in prunable)
+
+
+def score_batch(key, data: train.Data, size: int):
+    """``size`` training examples without replacement (never validation or test)."""
+    n = data.train_x.shape[0]
+    idx = jax.random.choice(key, n, (min(size, n),), replace=False)
+    return data.train_x[idx], data.train_y[idx]
+
+
+def make_pruner(model, lay: masks.Layout, name: str, pcfg, input_shape: Sequence[int]):
+    """``prune(key, theta_D, density, alive_D, batch, min_one) -> mask_D`` for scorer ``name``.
+
+    ``batch``: ``(x, y)`` training examples for the data-dependent scorers
+    (``score_batch``); ``key`` feeds the random scorer and Hutchinson.
+
+    ``min_one`` (the layer-collapse guard) may be traced, so guarded and
+    unguarded masks can share one vmapped call; ``None`` uses
+    ``pcfg.min_one_per_layer``.
+    """
+    if name not in SCORERS:
+        raise ValueError(f"Unknown scorer {name!r}; valid: {', '.join(SCORERS)}.")
+    _, apply_D, _ = flat_model(model)
+    exps = layer_exponents(lay, pcfg.layer_exponents)
+
+    def prune(key, theta_D, density, alive_D, batch, min_one=None):
+        guard = pcfg.min_one_per_layer if min_one is None else min_one
+        if name == "synflow":
+            return scorers.synflow_mask(apply_D, theta_D, density, lay, input_shape,
+                                        pcfg.synflow_rounds, pcfg.mode, alive_D, guard, exps)
+        if name == "random":
+            score_D = scorers.random(key, theta_D)
+        elif name == "magnitude":
+            score_D = scorers.magnitude(theta_D)
+        else:
+            x, y = batch
+            if name == "snip":
+                score_D = scorers.snip(scorers.batch_loss(apply_D, x, y), theta_D, alive_D)
+            elif name == "grasp":
+                loss_T = scorers.batch_loss(apply_D, x, y, pcfg.grasp_temperature)
+                score_D = scorers.grasp(loss_T, theta_D, alive_D)
+            else:  # obd
+                w_D = theta_D * alive_D
+                h_D = scorers.hessian_diag(pcfg.obd_hessian, scorers.batch_loss(apply_D, x, y),
+                                           apply_D, w_D, x, key, pcfg.obd_exact_max_params,
+                                           pcfg.hutchinson_samples, pcfg.hessian_chunk)
+                score_D = scorers.obd(w_D, h_D)
+        return masks.select(score_D, lay, density, pcfg.mode, alive_D, guard, exps)
+
+    return prune
+
+
+class Levels(NamedTuple):
+    """Results of one arm at each pruning level (leading axis L)."""
+    history: dict[str, jax.Array]   # per-epoch metrics [L, E]
+    final: dict[str, jax.Array]     # train.Result.final entries [L]
+    leaf_kept: jax.Array            # kept weights per leaf [L, n_leaves]
+    mask: Any                       # bool [L, D], or None where another arm holds it
+
+
+def _level(res: train.Result, mask_D, lay, keep_mask: bool = True) -> Levels:
+    return Levels(res.history, res.final, masks.leaf_counts(mask_D, lay),
+                  mask_D > 0 if keep_mask else None)
+
+
+def _train_hp(hp):
+    return {k: hp[k] for k in TRAIN_HP if k in hp}
+
+
+def _train_from(run_train, key, thp, data, start_D, mask_D) -> train.Result:
+    return run_train(key, {**thp, "theta_init": start_D * mask_D, "mask": mask_D}, data)
+
+
+def _with(tcfg, **fields):
+    cfg = ml_collections.ConfigDict(tcfg.to_dict())
+    cfg.update(fields)
+    return cfg
+
+
+# ---------------------------------------------------------------- procedures
+def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] = (),
+                     one_shot: Sequence[str] = (), iterative: Sequence[str] = (),
+                     imp: bool = False, control: bool = False, rewind_epoch: int = 0,
+                     collapse: bool = False, input_shape: Sequence[int] = (28, 28, 1)):
+    """``run(key, hp, data)`` for one seed: the dense run plus the procedures asked for.
+
+    Returns a dict of arms (those asked for):
+      ``dense``: ``train.Result`` of the unpruned network;
+      ``at_init/<s>``: ``Levels``, the init scored by ``s``, pruned one-shot to
+        each density, trained ``tcfg.epochs`` epochs; trained in the same
+        vmapped call as the dense run (the all-ones mask), so one compiled
+        training serves both;
+      ``one_shot/<s>``, ``iterative/<s>``: ``Levels``, pruned from the dense
+        run's kept weights (one-shot) or from the previous level's fine-tuned
+        weights (iterative), then fine-tuned ``pcfg.finetune_epochs`` epochs;
+        both kinds share one scan over levels and one vmapped fine-tune;
+      ``imp/rewind<k>`` (and ``imp_control/rewind<k>`` with ``control``):
+        ``Levels`` of iterative magnitude pruning: prune the survivors, rewind
+        them to init (k = 0) or to the weights after k epochs, retrain
+        ``tcfg.epochs`` epochs; the control trains the same mask from a fresh
+        random init;
+      ``collapse/<s>``: kept weights per leaf ``[Lc, n_leaves]`` of the at-init
+        masks *without* the collapse guard at ``hp['collapse_densities']``
+        (no training), for the layer-collapse measure.
+
+    Rewinding to ``rewind_epoch`` > 0 takes the weights after that many epochs
+    of a run with the dense run's key, init and data order; that equals the
+    dense trajectory only for ``train.schedule='constant'``, so other
+    schedules are refused. Every retraining restarts the optimizer state and
+    the data order at epoch 0.
+    """
+    if rewind_epoch and tcfg.schedule != "constant":
+        raise ValueError("rewinding to an epoch needs train.schedule='constant' (the snapshot "
+                         f"comes from a {rewind_epoch}-epoch run), got {tcfg.schedule!r}")
+    if not 0 <= rewind_epoch < int(tcfg.epochs):
+        raise ValueError(f"rewind_epoch={rewind_epoch} must be in [0, train.epochs)")
+    if collapse and not at_init:
+        raise ValueError("collapse measures the at-init scorers: give at_init")
+    lay = masks.model_layout(model, tuple(pcfg.prunable))
+    _, _, init_D = flat_model(model)
+    no_sub = C.subspace_config(0)
+    run_train = train.make_run(model, tcfg, no_sub, n_train)
+    run_ft = train.make_run(model, _with(tcfg, epochs=int(pcfg.finetune_epochs)), no_sub, n_train)
+    run_snap = (train.make_run(model, _with(tcfg, epochs=rewind_epoch, keep_best=False), no_sub,
+                               n_train) if rewind_epoch else None)
+    arms = [("one_shot", s) for s in one_shot] + [("iterative", s) for s in iterative]
+    pruners = {s: make_pruner(model, lay, s, pcfg, input_shape)
+               for s in (*at_init, *one_shot, *iterative, "magnitude")}
+    ones = jnp.ones(lay.D, jnp.float32)
+    needs_batch = bool({"snip", "grasp", "obd"} & {*at_init, *one_shot, *iterative})
+
+    def dense_and_at_init(k, thp, data, batch, theta0_D, hp):
+        dens = hp["densities"]
+        L = dens.shape[0]
+        guard = jnp.full(L, bool(pcfg.min_one_per_layer))
+        if collapse:  # unguarded masks ride along in the same vmap (scores computed once)
+            dens = jnp.concatenate([dens, hp["collapse_densities"]])
+            guard = jnp.concatenate([guard, jnp.zeros(hp["collapse_densities"].shape[0], bool)])
+        per_scorer = [
+            jax.vmap(lambda d, g, s=s, i=i: pruners[s](jax.random.fold_in(k.score, i), theta0_D,
+                                                       d, ones, batch, g))(dens, guard)
+            for i, s in enumerate(at_init)]
+        n_s = len(at_init)
+        m_SxLxD = jnp.stack(per_scorer) if n_s else jnp.zeros((0, dens.shape[0], lay.D))
+        flat = jnp.concatenate([ones[None], m_SxLxD[:, :L].reshape(n_s * L, lay.D)])
+        res = jax.vmap(lambda m: _train_from(run_train, k.train, thp, data, theta0_D, m))(flat)
+        out = {"dense": jax.tree.map(lambda a: a[0], res)}
+        if n_s:
+            levels = jax.vmap(lambda r, m: _level(r, m, lay))(
+                jax.tree.map(lambda a: a[1:], res), flat[1:])
+            stacked = jax.tree.map(lambda a: a.reshape(n_s, L, *a.shape[1:]), levels)
+            out.update({f"at_init/{s}": jax.tree.map(lambda a: a[i], stacked)
+                        for i, s in enumerate(at_init)})
+        if collapse:
+            kept = jax.vmap(jax.vmap(lambda m: masks.leaf_counts(m, lay)))(m_SxLxD[:, L:])
+            out.update({f"collapse/{s}": kept[i] for i, s in enumerate(at_init)})
+        return out
+
+    def finetune(k, thp, data, batch, theta_T, densities):
+        n_a = len(arms)
+        chained = jnp.asarray([p == "iterative" for p, _ in arms])[:, None]
+
+        def level(carry, xs):
+            mask_AxD, theta_AxD = carry  # one-shot arms keep (ones, theta_T) throughout
+            d, l = xs
+            new_AxD = jnp.stack([
+                pruners[s](jax.random.fold_in(jax.random.fold_in(k.score, 100 + i), l),
+                           theta_AxD[i], d, mask_AxD[i], batch)
+                for i, (_, s) in enumerate(arms)])
+            res = jax.vmap(lambda m, th: _train_from(run_ft, k.train, thp, data, th, m))(
+                new_AxD, theta_AxD)
+            carry = (jnp.where(chained, new_AxD, mask_AxD),
+                     jnp.where(chained, res.params, theta_AxD))
+            return carry, jax.vmap(lambda r, m: _level(r, m, lay))(res, new_AxD)
+
+        init = (jnp.ones((n_a, lay.D), jnp.float32), jnp.tile(theta_T, (n_a, 1)))
+        _, lv = lax.scan(level, init, (densities, jnp.arange(densities.shape[0])))
+        lv = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), lv)  # [L, A, ...] -> [A, L, ...]
+        return {f"{p}/{s}": jax.tree.map(lambda a: a[i], lv) for i, (p, s) in enumerate(arms)}
+
+    def lottery(k, thp, data, theta0_D, theta_T, densities):
+        rewind_D = (run_snap(k.train, {**thp, "theta_init": theta0_D}, data).params
+                    if rewind_epoch else theta0_D)
+
+        def level(carry, xs):
+            mask_D, theta_D = carry
+            d, l = xs
+            new_D = pruners["magnitude"](k.score, theta_D, d, mask_D, None)
+            starts = [rewind_D] + ([init_D(jax.random.fold_in(k.reinit, l))] if control else [])
+            res = jax.vmap(lambda th: _train_from(run_train, k.train, thp, data, th, new_D))(
+                jnp.stack(starts))
+            arm = lambda i: jax.tree.map(lambda a: a[i], res)
+            levels = {f"imp/rewind{rewind_epoch}": _level(arm(0), new_D, lay)}
+            if control:
+                levels[f"imp_control/rewind{rewind_epoch}"] = _level(arm(1), new_D, lay,
+                                                                     keep_mask=False)
+            return (new_D, arm(0).params), levels
+
+        return lax.scan(level, (ones, theta_T), (densities, jnp.arange(densities.shape[0])))[1]
+
+    def run(key, hp, data):
+        k = run_keys(key)
+        thp = _train_hp(hp)
+        theta0_D = init_D(k.init)
+        batch = score_batch(k.batch, data, int(pcfg.score_batch)) if needs_batch else None
+        out = dense_and_at_init(k, thp, data, batch, theta0_D, hp)
+        theta_T = out["dense"].params  # best-validation weights of the dense run
+        if arms:
+            out.update(finetune(k, thp, data, batch, theta_T, hp["densities"]))
+        if imp:
+            out.update(lottery(k, thp, data, theta0_D, theta_T, hp["densities"]))
+        return out
+
+    return run
+
+
+# ---------------------------------------------------------------- records
+def _f32(x) -> float:
+    """The shortest decimal that is the same float32 (0.3, not 0.30000001192092896)."""
+    return float(str(np.float32(x)))
+
+
+def _record_levels(arm, s, r):
+    """(final, history, leaf_kept) per level of one (seed, row) of an arm."""
+    if isinstance(arm, train.Result):  # the dense run: one level, everything kept
+        return [(0, {k: v[s, r] for k, v in arm.final.items()},
+                 {k: v[s, r] for k, v in arm.history.items()}, None)]
+    L = arm.leaf_kept.shape[2]
+    return [(l + 1, {k: v[s, r, l] for k, v in arm.final.items()},
+             {k: v[s, r, l] for k, v in arm.history.items()}, arm.leaf_kept[s, r, l])
+            for l in range(L)]
+
+
+def unit_records(out: dict, seeds: Sequence[int], hp: dict, lay: masks.Layout,
+                 flops_per_w: np.ndarray, labels: dict | None = None):
+    """(records, history rows) of a vmapped procedure output on the host."""
+    labels = labels or {}
+    records, rows = [], []
+    n_rows = len(next(iter(hp.values())))
+    full = np.asarray(lay.sizes)
+    for method, arm in out.items():
+        procedure, _, scorer = method.partition("/")
+        if procedure == "collapse":  # see collapse_records
+            continue
+        for s, seed in enumerate(seeds):
+            for r in range(n_rows):
+                base = {"seed": int(seed), "method": method, "procedure": procedure,
+                        "scorer": scorer or None, **labels,
+                        **{k: v[r] for k, v in hp.items()
+                           if k not in ("densities", "collapse_densities")}}
+                for level, final, history, kept in _record_levels(arm, s, r):
+                    target = 1.0 if level == 0 else _f32(hp["densities"][r][level - 1])
+                    rep = masks.report(full if kept is None else kept, lay, flops_per_w)
+                    final = {k: np.asarray(v) for k, v in final.items()}
+                    diverged = bool(final.pop("diverged"))
+                    at = {**base, "level": level, "density_target": target}
+                    records.append({
+                        **at, **final, "status": "diverged" if diverged else "ok",
+                        "density": rep["density"], "nonzero": rep["nonzero"], "flops": rep["flops"],
+                        "layer_density": {x["name"]: x["density"] for x in rep["layers"]
+                                          if x["prunable"]}})
+                    for e in range(len(history["val_acc"])):
+                        rows.append({**at, "epoch": e + 1, **{k: v[e] for k, v in history.items()}})
+    return records, rows
+
+
+def collapse_records(out: dict, seeds: Sequence[int], densities: np.ndarray, lay: masks.Layout,
+                     labels: dict | None = None) -> list[dict]:
+    """One record per (scorer, seed): the largest compression with every layer alive.
+
+    Compression = 1 / density; "max_compression" is the largest grid value
+    such that every prunable tensor keeps a weight at it and at every larger
+    density of the grid (``None`` when even the densest point collapses).
+    """
+    records = []
+    order = np.argsort(-np.asarray(densities))
+    for method, kept in out.items():
+        if not method.startswith("collapse/"):
+            continue
+        for s, seed in enumerate(seeds):
+            k = np.asarray(kept[s, 0])[:, list(lay.prunable_leaves)]
+            alive = (k > 0).all(1)
+            best = None
+            for j in order:
+                if not alive[j]:
+                    break
+                best = _f32(densities[j])
+            records.append({"seed": int(seed), "method": method, "scorer": method.split("/")[1],
+                            **(labels or {}), "min_density": best,
+                            "max_compression": None if best is None else 1.0 / best,
+                            "densities": [_f32(d) for d in densities],
+                            "layers_alive": [int(a) for a in (k > 0).sum(1)]})
+    return records
+
+
+def summarise(records: Sequence[dict], select_by: str = "learning_rate") -> list[dict]:
+    """Per (method, density_target): the ``select_by`` value with the best mean
+    validation accuracy over seeds, then mean and sd over seeds of validation,
+    test and train accuracy, kept density, non-zero params, flops and best epoch.
+    Test accuracy is never used to choose.
+    """
+    table = []
+    for method in sorted({r["method"] for r in records}):
+        group = [r for r in records if r["method"] == method]
+        for target in sorted({r["density_target"] for r in group}, reverse=True):
+            at = [r for r in group if r["density_target"] == target]
+            options = sorted({r[select_by] for r in at})
+            score = lambda o: np.mean([r["val_acc"] if r["status"] == "ok" else -np.inf
+                                       for r in at if r[select_by] == o])
+            best = max(options, key=score)  # first best on ties (options sorted)
+            chosen = [r for r in at if r[select_by] == best and r["status"] == "ok"]
+            row = {"method": method, "density_target": target, select_by: best,
+                   "seeds": len(chosen), "diverged": sum(r["status"] != "ok" for r in at)}
+            for key in ("val_acc", "test_acc", "train_acc", "density", "nonzero", "flops",
+                        "best_epoch"):
+                vals = np.asarray([r[key] for r in chosen], float)
+                row[key + "_mean"] = float(vals.mean()) if len(vals) else None
+                row[key + "_sd"] = (None if not len(vals) else
+                                    float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+            table.append(row)
+    return table

@@ -1,0 +1,300 @@
+"""Pruning: masks, scorers, procedures and the two experiments, on tiny shapes (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from subspace_jax import config as C
+from subspace_jax import models, train, vectorize
+from subspace_jax.pruning import masks, scorers
+from subspace_jax.pruning import procedures as P
+
+TINY = models.mlp("tiny", (5,), n_in=16, n_out=3)       # x: N x 4 x 4 x 1
+LINEAR = models.mlp("linear", (), n_in=16, n_out=3)
+SHAPE = (4, 4, 1)
+
+
+def tiny_data(n_train=64, n_eval=32, seed=0) -> train.Data:
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(n, *SHAPE)).astype(np.float32) for n in (n_train, n_eval, n_eval)]
+    ys = [(x.reshape(len(x), -1)[:, :3].argmax(1)).astype(np.int32) for x in xs]  # learnable
+    return train.Data(*(jnp.asarray(a) for a in (xs[0], ys[0], xs[1], ys[1], xs[2], ys[2])))
+
+
+def tiny_layout():
+    return masks.model_layout(TINY)  # dense0/w 16x5, dense1/w 5x3 prunable; biases not
+
+
+def test_layout_matches_ravel_order():
+    params = TINY.init(jax.random.key(0))
+    lay = masks.layout(params)
+    flat, _ = ravel_pytree(params)
+    assert lay.D == flat.size
+    for name, off, size in zip(lay.names, lay.offsets, lay.sizes):
+        layer, leaf = name.split("/")
+        np.testing.assert_array_equal(flat[off:off + size], params[layer][leaf].ravel())
+    assert [n for n, p in zip(lay.names, lay.prunable) if p] == ["dense0/w", "dense1/w"]
+    # Configurable: biases too.
+    assert sum(masks.layout(params, ("w", "b")).prunable) == 4
+    # Mask pytree <-> flat vector; non-prunable leaves are explicit all-True arrays.
+    mask = masks.ones_mask(params)
+    mask["dense1"]["w"] = mask["dense1"]["w"].at[0, 0].set(False)
+    mask_D = masks.to_flat(mask)
+    assert mask_D[lay.offsets[lay.names.index("dense1/w")]] == 0 and mask_D.sum() == lay.D - 1
+    back = masks.from_flat(mask_D, params)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, mask))
+
+
+@pytest.mark.parametrize("mode", masks.MODES)
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.3, 0.07])
+def test_exact_sparsity(mode, density):
+    lay = tiny_layout()
+    score_D = jax.random.normal(jax.random.key(1), (lay.D,))
+    mask_D = masks.select(score_D, lay, density, mode)
+    kept = np.asarray(masks.leaf_counts(mask_D, lay))
+    for i, (size, prunable) in enumerate(zip(lay.sizes, lay.prunable)):
+        if not prunable:
+            assert kept[i] == size
+        elif mode == "layerwise":
+            assert kept[i] == max(1, masks.kept_count(density, size))
+    if mode == "global":
+        n_kept = sum(kept[i] for i in lay.prunable_leaves)
+        assert n_kept == masks.kept_count(density, lay.n_prunable)
+        # Without the guard, global keeps exactly the largest prunable scores.
+        free_D = np.asarray(masks.select(score_D, lay, density, mode, min_one=False))
+        idx = np.concatenate([np.arange(lay.offsets[i], lay.offsets[i] + lay.sizes[i])
+                              for i in lay.prunable_leaves])
+        s = np.asarray(score_D)[idx]
+        k = masks.kept_count(density, lay.n_prunable)
+        assert set(idx[free_D[idx] > 0]) == set(idx[np.argsort(-s, kind="stable")[:k]])
+
+
+def test_ties_are_broken_by_index_deterministically():
+    lay = tiny_layout()
+    w0 = lay.offsets[lay.names.index("dense0/w")]
+    score_D = jnp.zeros(lay.D).at[w0 + 1].set(-0.0)  # -0.0 must tie with +0.0
+    for mode in masks.MODES:
+        a = masks.select(score_D, lay, 0.25, mode)
+        b = jax.jit(lambda s: masks.select(s, lay, 0.25, mode))(score_D)
+        np.testing.assert_array_equal(a, b)
+        for i in lay.prunable_leaves:  # within each tensor, the first weights win
+            seg = np.asarray(a[lay.offsets[i]:lay.offsets[i] + lay.sizes[i]])
+            k = int(seg.sum())
+            assert k >= 1 and seg[:k].all() and not seg[k:].any()
+    # Global: equal scores fill in flat order after each tensor's forced weight.
+    g = masks.leaf_counts(masks.select(score_D, lay, 0.25, "global"), lay)
+    assert sum(g[i] for i in lay.prunable_leaves) == masks.kept_count(0.25, lay.n_prunable)
+
+
+def test_layer_collapse_guard():
+    lay = tiny_layout()
+    i0, i1 = [lay.names.index(n) for n in ("dense0/w", "dense1/w")]
+    score_D = jnp.zeros(lay.D).at[lay.offsets[i0]:lay.offsets[i0] + lay.sizes[i0]].set(10.0)
+    k = 3  # fewer than dense0/w's weights, so all top scores sit in dense0/w
+    density = k / lay.n_prunable
+    guarded = masks.leaf_counts(masks.select(score_D, lay, density, "global"), lay)
+    assert guarded[i1] == 1 and guarded[i0] + guarded[i1] == k  # exact, nothing collapsed
+    free = masks.leaf_counts(masks.select(score_D, lay, density, "global", min_one=False), lay)
+    assert free[i1] == 0 and free[i0] == k
+    rep = masks.report(free, lay)
+    assert rep["collapsed"] == ["dense1/w"] and rep["nonzero"] == k + 5 + 3
+    # Layerwise at density 0 keeps exactly one weight per tensor unless asked.
+    lw = masks.leaf_counts(masks.select(score_D, lay, 0.0, "layerwise"), lay)
+    assert lw[i0] == 1 and lw[i1] == 1
+    lw_free = masks.select(score_D, lay, 0.0, "layerwise", min_one=False)
+    assert masks.leaf_counts(lw_free, lay)[i1] == 0
+
+
+def test_dead_weights_are_never_revived():
+    lay = tiny_layout()
+    score_D = jax.random.normal(jax.random.key(2), (lay.D,))
+    alive = masks.select(score_D, lay, 0.5, "global")
+    again = masks.select(-score_D, lay, 0.3, "global", alive_D=alive)  # prefers dead weights
+    assert bool((again <= alive).all())
+    assert int(sum(masks.leaf_counts(again, lay)[i] for i in lay.prunable_leaves)) == \
+        masks.kept_count(0.3, lay.n_prunable)
+
+
+def test_flops_per_weight_conv_and_dense():
+    m = models.cnn("t", (2,), (3,), (True,), activation="prelu", in_size=6)
+    lay = masks.model_layout(m)
+    fpw = dict(zip(lay.names, masks.flops_per_weight(m, (6, 6, 1))))
+    # 3x3 VALID conv on 6x6 -> 4x4 outputs: each kernel weight is 16 multiply-adds.
+    assert fpw["conv0/w"] == 2 * 16 and fpw["conv0/b"] == 16 and fpw["conv0/slope"] == 16
+    assert fpw["dense0/w"] == 2 and fpw["dense0/b"] == 1
+    rep = masks.report(jnp.ones(lay.D), lay, masks.flops_per_weight(m, (6, 6, 1)))
+    assert rep["flops"] == rep["dense_flops"] == 18 * 32 + 2 * 16 * 2 + 80 * 2 + 10
+
+
+def test_masked_weights_stay_exactly_zero_through_training():
+    data = tiny_data()
+    tcfg = C.train_config(epochs=3, batch_size=16, learning_rate=0.05, weight_decay=1e-3)
+    run = train.make_run(TINY, tcfg, C.subspace_config(0), 64)
+    lay = tiny_layout()
+    theta0_D = ravel_pytree(TINY.init(jax.random.key(3)))[0]
+    mask_D = masks.select(jax.random.uniform(jax.random.key(4), (lay.D,)), lay, 0.3)
+    hp = {**train.default_hp(tcfg), "mask": mask_D, "theta_init": theta0_D}
+    res = jax.jit(run)(jax.random.key(5), hp, data)
+    dead = np.asarray(mask_D) == 0
+    assert dead.any() and (np.asarray(res.params)[dead] == 0.0).all()
+    assert not np.allclose(np.asarray(res.params)[~dead], np.asarray(theta0_D)[~dead])
+
+
+def _tiny_loss(model, n=24):
+    data = tiny_data(n_train=n)
+    _, apply_D, init_D = P.flat_model(model)
+    return scorers.batch_loss(apply_D, data.train_x, data.train_y), apply_D, init_D, data
+
+
+def test_obd_exact_hessian_diagonal_matches_brute_force():
+    loss_D, _, init_D, _ = _tiny_loss(TINY)
+    theta_D = init_D(jax.random.key(6))
+    brute = jax.jit(lambda th: jnp.diag(jax.hessian(loss_D)(th)))(theta_D)
+    exact = jax.jit(lambda th: scorers.hessian_diag_exact(loss_D, th, chunk=16))(theta_D)
+    np.testing.assert_allclose(exact, brute, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scorers.obd(theta_D, exact), 0.5 * brute * theta_D ** 2,
+                               rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", [LINEAR, TINY], ids=lambda m: m.name)
+def test_gauss_newton_diagonal_is_the_hessian_diagonal(model):
+    # Logits are affine in each single weight of a ReLU net, so diag(GGN) == diag(H).
+    loss_D, apply_D, init_D, data = _tiny_loss(model)
+    theta_D = init_D(jax.random.key(7))
+    brute = jax.jit(lambda th: jnp.diag(jax.hessian(loss_D)(th)))(theta_D)
+    ggn = jax.jit(lambda th: scorers.gauss_newton_diag(apply_D, th, data.train_x, chunk=5))(theta_D)
+    np.testing.assert_allclose(ggn, brute, rtol=1e-4, atol=1e-6)
+
+
+def _synflow_scores(params):
+    theta_D, unravel = ravel_pytree(params)
+    apply_D = lambda th, x: TINY.apply(unravel(th), x)
+    return scorers.synflow(apply_D, theta_D, jnp.ones_like(theta_D), SHAPE), unravel
+
+
+def test_synflow_conserves_the_synaptic_flow_per_layer():
+    params = TINY.init(jax.random.key(8))
+    params = jax.tree_util.tree_map_with_path(  # bias-free: R is 1-homogeneous in each layer
+        lambda p, x: jnp.zeros_like(x) if masks.leaf_name(p).endswith("/b") else x, params)
+    score_D, unravel = _synflow_scores(params)
+    s = unravel(score_D)
+    abs_p = jax.tree.map(jnp.abs, params)
+    R = TINY.apply(abs_p, jnp.ones((1, *SHAPE))).sum()
+    np.testing.assert_allclose(s["dense0"]["w"].sum(), R, rtol=1e-5)
+    np.testing.assert_allclose(s["dense1"]["w"].sum(), R, rtol=1e-5)
+
+
+def test_synflow_is_invariant_to_rescaling_adjacent_layers():
+    params = TINY.init(jax.random.key(9))
+    alpha = 4.0
+    scaled = {"dense0": {"w": alpha * params["dense0"]["w"], "b": alpha * params["dense0"]["b"]},
+              "dense1": {"w": params["dense1"]["w"] / alpha, "b": params["dense1"]["b"]}}
+    a, _ = _synflow_scores(params)
+    b, _ = _synflow_scores(scaled)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Hence the iterative SynFlow mask is unchanged too.
+    lay = masks.layout(params)
+    masks_ = []
+    for p in (params, scaled):
+        theta_D, unravel = ravel_pytree(p)
+        apply_D = lambda th, x, unravel=unravel: TINY.apply(unravel(th), x)
+        masks_.append(scorers.synflow_mask(apply_D, theta_D, 0.2, lay, SHAPE, rounds=5))
+    np.testing.assert_array_equal(masks_[0], masks_[1])
+    assert int(sum(masks.leaf_counts(masks_[0], lay)[i] for i in lay.prunable_leaves)) == \
+        masks.kept_count(0.2, lay.n_prunable)
+
+
+def test_rewinding_to_an_epoch_needs_a_constant_schedule():
+    pcfg = P.prune_config()
+    with pytest.raises(ValueError, match="constant"):
+        P.make_pruning_run(TINY, C.train_config(epochs=3, schedule="cosine"), pcfg, 64,
+                           imp=True, rewind_epoch=1, input_shape=SHAPE)
+    with pytest.raises(ValueError, match="Unknown scorer"):
+        P.make_pruning_run(TINY, C.train_config(), pcfg, 64, at_init=("nope",), input_shape=SHAPE)
+
+
+def test_vmapped_over_seeds_equals_looped():
+    data = tiny_data()
+    tcfg = C.train_config(epochs=1, batch_size=16)
+    run = P.make_pruning_run(TINY, tcfg, P.prune_config(score_batch=16), 64,
+                             at_init=("random",), input_shape=SHAPE)
+    hp = {k: np.asarray([v, v]) for k, v in train.default_hp(tcfg).items()}
+    hp["learning_rate"] = np.asarray([1e-3, 3e-3], np.float32)
+    hp["densities"] = np.asarray([[0.5, 0.1]] * 2, np.float32)
+    keys = vectorize.run_keys([0, 1])
+    v = vectorize.vmapped(run, keys, hp, data)
+    lo = vectorize.looped(run, keys, hp, data)
+    for arm in v:
+        np.testing.assert_allclose(v[arm].final["val_acc"], lo[arm].final["val_acc"], atol=1e-6)
+        np.testing.assert_allclose(v[arm].final["train_loss"], lo[arm].final["train_loss"],
+                                   rtol=1e-4)
+    np.testing.assert_array_equal(v["at_init/random"].mask, lo["at_init/random"].mask)
+    # Seeds differ; the two hp rows of one seed share its init, so its random mask.
+    assert not np.array_equal(v["at_init/random"].mask[0], v["at_init/random"].mask[1])
+    np.testing.assert_array_equal(v["at_init/random"].mask[0, 0], v["at_init/random"].mask[0, 1])
+
+
+def _quick(module, tmp_path):
+    cfg = module.get_config(quick=True)
+    cfg.data.source = "synthetic"
+    return module.run(cfg, str(tmp_path)), cfg
+
+
+def _nested(levels):
+    return all((b <= a).all() for a, b in zip(levels[:-1], levels[1:]))
+
+
+def test_lottery_quick_end_to_end(tmp_path):
+    from experiments import lottery
+    summary, cfg = _quick(lottery, tmp_path)
+    for f in ("config.json", "metrics.jsonl", "summary.json", "summary.md", "lottery.png"):
+        assert os.path.getsize(tmp_path / f) > 0
+    methods = {r["method"] for r in summary["table"]}
+    assert methods == {"dense", "imp/rewind0", "imp_control/rewind0"}
+    # Masks: nested across levels, exact per-layer counts (output layer at its own rate).
+    named, lay = masks.load_npz(str(tmp_path / "runs" / "lenet_300_100_imp_rewind0.masks.npz"))
+    m = named["imp/rewind0"]  # [seeds, rows, levels, D]
+    assert m.shape[:3] == (len(cfg.seeds), 1, cfg.levels)
+    for seed_levels in m[:, 0]:
+        assert _nested(seed_levels)
+        for level, mask in enumerate(seed_levels, start=1):
+            kept = masks.leaf_counts(jnp.asarray(mask), lay)
+            d = np.float32((1 - cfg.rate) ** level)
+            e = np.log(1 - cfg.output_rate) / np.log(1 - cfg.rate)
+            assert kept[lay.names.index("dense0/w")] == masks.kept_count(d, 784 * 300)
+            assert abs(int(kept[lay.names.index("dense2/w")])
+                       - (1 - cfg.output_rate) ** level * 1000) <= 0.5 + 1e-3  # d ** e on device
+    # Resuming skips the finished unit.
+    summary2, _ = _quick(lottery, tmp_path)
+    assert summary2["table"] == json.loads(json.dumps(summary["table"]))
+
+
+def test_pruning_compare_quick_end_to_end(tmp_path):
+    from experiments import pruning_compare
+    summary, cfg = _quick(pruning_compare, tmp_path)
+    for f in ("config.json", "metrics.jsonl", "summary.json", "summary.md",
+              "accuracy_vs_density.png"):
+        assert os.path.getsize(tmp_path / f) > 0
+    model = cfg.models[0]
+    table = summary["models"][model]["table"]
+    expected = ({"dense"} | {f"at_init/{s}" for s in cfg.at_init}
+                | {f"one_shot/{s}" for s in cfg.one_shot}
+                | {f"iterative/{s}" for s in cfg.iterative})
+    assert {r["method"] for r in table} == expected
+    n_prunable = masks.model_layout(models.get(model)).n_prunable
+    for r in table:  # global selection: the kept fraction is exact
+        if r["method"] != "dense":
+            kept = masks.kept_count(r["density_target"], n_prunable)
+            assert r["density_mean"] == kept / n_prunable
+    assert {r["method"] for r in summary["models"][model]["collapse"]} == \
+        {f"collapse/{s}" for s in cfg.at_init}
+    named, _ = masks.load_npz(str(tmp_path / "runs" / f"{model}.masks.npz"))
+    for seed_levels in named[f"iterative/{cfg.iterative[0]}"][:, 0]:
+        assert _nested(seed_levels)
