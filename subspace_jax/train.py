@@ -114,7 +114,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
       scfg: ``subspace`` config: ``d_max`` (0 = full-space training) and
         ``projection``. The active size comes from ``hp['d_active']``.
       n_train: training-set size (static: it fixes steps per epoch).
-      on_epoch: optional host function ``on_epoch(epoch)`` called after each
+      on_epoch: optional host function ``on_epoch(epoch, val_acc)`` called after each
         epoch (once per run under vmap), e.g. a ``workdir.EpochTicker``.
     """
     batch = int(tcfg.batch_size)
@@ -172,7 +172,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
             val_loss, val_acc = evaluate(apply_flat, w, data.val_x, data.val_y, chunk)
             if on_epoch is not None:
-                jax.debug.callback(on_epoch, epoch)
+                # val_acc ties the call to the epoch's end (epoch alone is known at its start).
+                jax.debug.callback(on_epoch, epoch, val_acc)
             better = val_acc > best_acc if tcfg.keep_best else True
             best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), w, best_w)
             best_acc = jnp.where(better, val_acc, best_acc)

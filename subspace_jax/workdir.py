@@ -124,7 +124,7 @@ class EpochTicker:
         self.seen: set[int] = set()
         self.start = time.time()
 
-    def __call__(self, epoch) -> None:
+    def __call__(self, epoch, val_acc=None) -> None:
         e = int(epoch) + 1
         if e in self.seen:
             return
