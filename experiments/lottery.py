@@ -36,11 +36,10 @@ import ml_collections
 import numpy as np
 
 from subspace_jax import config as C
-from subspace_jax import data, models, sweep, train, vectorize
+from subspace_jax import models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
-from subspace_jax.workdir import Workdir
 
 PUBLISHED = ("Frankle & Carbin 2019 (LeNet-300-100, MNIST): dense ~98% test; tickets match it "
              "down to ~3.6% of weights; best tickets (~21%) are more accurate and stop earlier; "
@@ -129,11 +128,7 @@ def _fmt(mean, sd) -> str:
 
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
-    wd = Workdir(workdir)
-    wd.write_json("config.json", cfg)
-    ds = data.from_config(cfg.data)
-    print(f"data: {ds.summary()}", flush=True)
-    dat = train.Data.from_dataset(ds)
+    wd, ds, dat = sweep.prepare(cfg, workdir)
     units = units_for(cfg, ds, dat, wd)
     results = sweep.run_units(wd, units, "lottery")
 

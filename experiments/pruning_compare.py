@@ -47,11 +47,10 @@ import ml_collections
 import numpy as np
 
 from subspace_jax import config as C
-from subspace_jax import data, models, sweep, train, vectorize
+from subspace_jax import models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
-from subspace_jax.workdir import Workdir
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -154,11 +153,7 @@ def _fmt_x(v) -> str:
 
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
-    wd = Workdir(workdir)
-    wd.write_json("config.json", cfg)
-    ds = data.from_config(cfg.data)
-    print(f"data: {ds.summary()}", flush=True)
-    dat = train.Data.from_dataset(ds)
+    wd, ds, dat = sweep.prepare(cfg, workdir)
     units = units_for(cfg, ds, dat, wd)
     results = sweep.run_units(wd, units, "pruning_compare")
 

@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 
 from subspace_jax import config as C
-from subspace_jax import data, models, plots, sweep, train
-from subspace_jax.workdir import EpochTicker, Workdir
+from subspace_jax import models, plots, sweep, train
+from subspace_jax.workdir import EpochTicker
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -104,11 +104,7 @@ def units_for(cfg, ds, dat):
 
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
-    wd = Workdir(workdir)
-    wd.write_json("config.json", cfg)
-    ds = data.from_config(cfg.data)
-    print(f"data: {ds.summary()}", flush=True)
-    dat = train.Data.from_dataset(ds)
+    wd, ds, dat = sweep.prepare(cfg, workdir)
     results = sweep.run_units(wd, units_for(cfg, ds, dat), "subspace_sweep")
 
     summary = {"models": {}, "failed_units": [u for u, _ in units_for(cfg, ds, dat)

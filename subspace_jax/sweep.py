@@ -15,8 +15,20 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from subspace_jax import train, vectorize
+from subspace_jax import data, train, vectorize
 from subspace_jax.workdir import Progress, Workdir
+
+
+def prepare(cfg, workdir: str):
+    """The start of every experiment: workdir with config.json, then the data.
+
+    Returns ``(workdir, dataset, device_data)``.
+    """
+    wd = Workdir(workdir)
+    wd.write_json("config.json", cfg)
+    ds = data.from_config(cfg.data)
+    print(f"data: {ds.summary()}", flush=True)
+    return wd, ds, train.Data.from_dataset(ds)
 
 
 def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],

@@ -170,7 +170,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
             idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
             (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
-            val_loss, val_acc = evaluate(apply_flat, w, data.val_x, data.val_y, chunk)
+            val_loss, val_acc = evaluate(model.apply, to_params(w), data.val_x, data.val_y, chunk)
             if on_epoch is not None:
                 # val_acc ties the call to the epoch's end (epoch alone is known at its start).
                 jax.debug.callback(on_epoch, epoch, val_acc)
@@ -185,8 +185,10 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1))
         (w, _, best_w, best_acc, best_epoch), history = lax.scan(
             epoch_step, init_carry, jnp.arange(epochs))
-        test_loss, test_acc = evaluate(apply_flat, best_w, data.test_x, data.test_y, chunk)
-        train_loss, train_acc = evaluate(apply_flat, best_w, data.train_x, data.train_y, chunk)
+        # theta is formed once per evaluation, not once per chunk (P @ omega is costly).
+        best_params = to_params(best_w)
+        test_loss, test_acc = evaluate(model.apply, best_params, data.test_x, data.test_y, chunk)
+        train_loss, train_acc = evaluate(model.apply, best_params, data.train_x, data.train_y, chunk)
         diverged = ~(jnp.all(jnp.isfinite(history["train_loss"])) & jnp.all(jnp.isfinite(w)))
         final = {"best_epoch": best_epoch + 1, "val_acc": history["val_acc"][best_epoch],
                  "val_loss": history["val_loss"][best_epoch],

@@ -267,7 +267,6 @@ def test_lottery_quick_end_to_end(tmp_path):
         for level, mask in enumerate(seed_levels, start=1):
             kept = masks.leaf_counts(jnp.asarray(mask), lay)
             d = np.float32((1 - cfg.rate) ** level)
-            e = np.log(1 - cfg.output_rate) / np.log(1 - cfg.rate)
             assert kept[lay.names.index("dense0/w")] == masks.kept_count(d, 784 * 300)
             assert abs(int(kept[lay.names.index("dense2/w")])
                        - (1 - cfg.output_rate) ** level * 1000) <= 0.5 + 1e-3  # d ** e on device
