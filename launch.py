@@ -42,6 +42,7 @@ def check_overrides(cfg, argv) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    importlib.import_module("subspace_jax.vectorize").maybe_initialize_distributed()  # if JAX_* set
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join(
         "runs", FLAGS.experiment + ("_quick" if FLAGS.quick else ""))

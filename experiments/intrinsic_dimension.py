@@ -1,0 +1,359 @@
+"""Intrinsic dimension d_int90, searched automatically, with bootstrap intervals.
+
+    python launch.py --experiment=intrinsic_dimension           # default: not run; estimate below
+    python launch.py --experiment=intrinsic_dimension --quick   # ~20-30 s, 2 CPU cores
+    # Variants (each in its own workdir):
+    python launch.py --experiment=intrinsic_dimension --config.data.permute_pixels=True \
+        --workdir=runs/intrinsic_dimension_shuffled_pixels
+    python launch.py --experiment=intrinsic_dimension --config.data.random_label_fraction=1.0 \
+        --config.measure_on=train --config.data.train_size=5000 \
+        --config.grid='(400,800,1600,3200,6400)' --config.projection=fastfood \
+        --workdir=runs/intrinsic_dimension_random_labels
+
+d_int90 (Li et al. 2018) is the smallest subspace size d at which training
+in theta_D = theta0_D + P omega_d (omega_0 = 0, P of ``projection`` kind,
+default dense Gaussian with unit-norm columns) reaches 90% of a baseline:
+
+* global: 90% absolute accuracy (threshold 0.9);
+* individual: 90% of the same model trained directly in the full space
+  (trained here, same seeds and epochs; threshold 0.9 x its mean accuracy).
+
+Search: all d of the coarse log grid (50 .. 1,600, x2 apart) in one compiled
+program per model (one P of the largest d, columns masked per run), then
+``bisection_rounds`` rounds: for each baseline, the bracket (last failing d,
+first passing d) of the seed-mean curve gets ``bisection_points`` new d's,
+evenly spaced in log d; all new d's of a round run in one program. Every d
+runs with ``seeds`` (3): each seed draws its own P, init and data order.
+
+Accuracy is measured on the validation split (``measure_on='val'``; the
+params of the best validation epoch are kept) or, for random labels, on the
+training split (``measure_on='train'``; the last epoch is kept, since
+validation labels stay true and would pick a non-memorising epoch). Test
+accuracy of every run is reported and never decides anything. A diverged
+run counts as accuracy 0 (a failure).
+
+Estimates per baseline: d_int90 = the smallest measured d whose mean over
+seeds reaches the threshold (an upper estimate, exact to the search's
+resolution: 2^(1/64), about 1%, with the default grid and rounds); the
+interpolated crossing of the mean curve (linear in log d); and a 90%
+percentile bootstrap interval of that crossing (1,000 resamples; at every d
+the seeds are resampled with replacement, independently of the other d's).
+With a coarse search the interval can lie below the smallest passing d.
+With few seeds the percentile bootstrap is too narrow: on simulated noisy
+curves (300 draws) the nominal 90% interval covered the true crossing 72% of
+the time with 3 seeds, 79% with 5, 87% with 10. ">" / "<=" mark a threshold
+not reached within, or already reached at the edge of, the measured range
+(widen ``grid`` then; the random-label grid above is a first guess).
+
+Published (Li et al. 2018, "Measuring the Intrinsic Dimension of Objective
+Landscapes"), MNIST: FC 784-200-200-10 (``fc_200_200``) d_int90 = 750 with
+the global baseline, about 525-575 with the individual one; its accuracy at
+d = 100, 300, 500, 750, 1000, 1500 was about 0.60, 0.82, 0.86, 0.90, 0.91,
+0.93. LeNet (44,426 params; not in this registry) d_int90 = 290; with
+shuffled pixels about 1,400. A later reproduction could not get LeNet below
+about 1,200. For ``conv_subspace`` (21,840 params) the subspace-nn write-up
+reported, after 100 epochs: full 99.0%, d=10,000 98.8%, d=3,000 97.0%,
+d=1,000 93.5%.
+
+Default: fc_200_200 and conv_subspace, 3 seeds, 10 epochs, 3 bisection rounds
+of 3 points. Not run for this file. Estimate from timed 10-step slices of the
+two grid units on a shared 2-core CPU machine (FC grid about 10 min per
+epoch, the dense P@omega of 6 runs x 3 seeds dominating; conv grid about
+3.5 min per epoch): roughly 4-7 h in all, two thirds of it fc_200_200; a
+sparse or fastfood projection cuts that part. The FC grid's dense P is
+199,210 x 1,600 floats per seed (1.3 GB; 3.8 GB for 3 seeds in one
+program; ``seeds_per_program=1`` bounds it).
+
+Expected (a guess, not measured): d_int90 of fc_200_200 in the high hundreds
+with the global baseline (published 750), lower with the individual one;
+fewer epochs than the paper would push every d_int90 up.
+
+Writes: config.json, metrics.jsonl (per epoch and run), runs/*.json,
+summary.json (curves, baselines, estimates), summary.md, intrinsic_dimension.png.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+import ml_collections
+import numpy as np
+
+from subspace_jax import config as C
+from subspace_jax import intrinsic, models, subspace, sweep, train
+from subspace_jax.workdir import EpochTicker, to_jsonable
+
+PUBLISHED = {
+    "fc_200_200": {"global": "750", "individual": "~525-575",
+                   "note": "Li et al. 2018, MNIST FC 784-200-200-10"},
+    "conv_subspace": {"global": "-", "individual": "-",
+                      "note": "Li et al. LeNet (44,426 params): 290, shuffled pixels ~1,400; "
+                              "subspace-nn (this net, 100 epochs): d=1,000 93.5%"},
+}
+MEASURES = ("val", "train")
+
+
+def get_config(quick: bool = False) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.models = ("fc_200_200", "conv_subspace")
+    cfg.projection = "dense"          # any of subspace.PROJECTIONS, e.g. sparse, fastfood
+    cfg.seeds = (0, 1, 2)             # each seed: its own P, init and data order
+    cfg.seeds_per_program = 0         # 0 = all seeds in one program; 1 bounds memory
+    cfg.grid = (50, 100, 200, 400, 800, 1600)
+    cfg.bisection_rounds = 3
+    cfg.bisection_points = 3          # new d's per bracket and round
+    cfg.global_threshold = 0.9
+    cfg.individual_fraction = 0.9     # of the full-space accuracy
+    cfg.measure_on = "val"            # val | train (random labels)
+    cfg.bootstrap_samples = 1000
+    cfg.ci_level = 0.9
+    cfg.subspace_learning_rate = 0.05
+    cfg.subspace_batch_size = 128
+    cfg.data = C.data_config()
+    cfg.train = C.train_config(epochs=10, batch_size=64, learning_rate=1e-3)  # full space
+    if quick:
+        cfg.models = ("zoo_fc16",)
+        cfg.grid = (16, 64, 256, 1024)
+        cfg.bisection_rounds = 1
+        cfg.bisection_points = 2
+        cfg.subspace_batch_size = 32  # 2,000 images: enough steps to learn in 2 epochs
+        cfg.data.train_size = 2000
+        cfg.data.val_size = 1000
+        cfg.train.batch_size = 32
+        cfg.train.epochs = 2
+    return cfg
+
+
+def validate(cfg) -> None:
+    for name in cfg.models:
+        models.get(name)  # raises with the valid names
+    kind = subspace.parse_kind(cfg.projection)[0]
+    if kind not in subspace.PROJECTIONS:
+        raise ValueError(f"config.projection={cfg.projection!r}; valid kinds: "
+                         f"{', '.join(subspace.PROJECTIONS)}.")
+    if cfg.measure_on not in MEASURES:
+        raise ValueError(f"config.measure_on={cfg.measure_on!r}; valid: {', '.join(MEASURES)}.")
+    if not cfg.grid or any(int(d) < 1 for d in cfg.grid):
+        raise ValueError(f"config.grid={tuple(cfg.grid)} must be positive subspace sizes.")
+    if not cfg.seeds:
+        raise ValueError("config.seeds must name at least one seed.")
+    if cfg.bisection_rounds < 0 or cfg.bisection_points < 1:
+        raise ValueError("config.bisection_rounds must be >= 0 and bisection_points >= 1.")
+    if not (0 < cfg.global_threshold <= 1 and 0 < cfg.individual_fraction <= 1):
+        raise ValueError("config.global_threshold and individual_fraction must be in (0, 1].")
+    if not (0 < cfg.ci_level < 1 and cfg.bootstrap_samples >= 1):
+        raise ValueError("config.ci_level must be in (0, 1) and bootstrap_samples >= 1.")
+
+
+# ---------------------------------------------------------------- units
+def train_config(cfg, subspace_run: bool) -> ml_collections.ConfigDict:
+    tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
+    tcfg.keep_best = cfg.measure_on == "val"  # see the module docstring
+    if subspace_run:
+        tcfg.batch_size = cfg.subspace_batch_size
+        tcfg.learning_rate = cfg.subspace_learning_rate
+    return tcfg
+
+
+def unit_id(name: str, phase: str, *content) -> str:
+    """Readable name plus a hash of everything the unit's numbers depend on, so
+    a workdir reused with other settings never returns stale runs."""
+    digest = hashlib.sha1(json.dumps(to_jsonable(content), sort_keys=True).encode()).hexdigest()
+    return f"{name}_{phase}_{digest[:10]}"
+
+
+def seed_chunks(cfg) -> list[tuple[int, ...]]:
+    seeds = tuple(int(s) for s in cfg.seeds)
+    n = int(cfg.seeds_per_program) or len(seeds)
+    return [seeds[i:i + n] for i in range(0, len(seeds), n)]
+
+
+def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed: list):
+    """Trains ``dims`` (d_max = 0: full space) for every seed, one unit per seed
+    chunk; returns the records, or None if a unit failed."""
+    model = models.get(name)
+    subspace_run = d_max > 0
+    tcfg = train_config(cfg, subspace_run)
+    scfg = C.subspace_config(d_max, cfg.projection if subspace_run else "dense")
+
+    @functools.cache  # one compile per phase, shared by its seed chunks
+    def run_fn():
+        return train.make_run(model, tcfg, scfg, len(ds.train_y),
+                              EpochTicker(f"{name} {phase}", tcfg.epochs))
+
+    d_R = np.asarray(dims, np.int32)
+    hp = {"d_active": d_R if subspace_run else np.zeros(len(d_R), np.int32),
+          "learning_rate": np.full(len(d_R), tcfg.learning_rate, np.float32),
+          "weight_decay": np.full(len(d_R), tcfg.weight_decay, np.float32)}
+    units = []
+    for seeds in seed_chunks(cfg):
+        uid = unit_id(name, phase, cfg.data, tcfg, scfg, seeds, d_R)
+        units.append((uid, lambda seeds=seeds: sweep.run_unit(run_fn(), seeds, hp, dat,
+                                                              {"d": d_R})))
+    results = sweep.run_units(wd, units, f"{name} {phase}")
+    missing = [uid for uid, _ in units if uid not in results]
+    if missing:
+        failed.extend(missing)
+        return None
+    return [{**r, "phase": phase} for uid, _ in units for r in results[uid]]
+
+
+def decision_values(records, metric: str, seeds) -> dict[int, list[float]]:
+    """``{d: [metric per seed]}`` in ``seeds`` order; a diverged run counts as 0."""
+    value = {(int(r["d"]), int(r["seed"])): (r[metric] if r["status"] == "ok"
+                                              and r[metric] is not None else 0.0)
+             for r in records}
+    return {d: [float(value[(d, int(s))]) for s in seeds] for d in sorted({d for d, _ in value})}
+
+
+def stats(records) -> dict:
+    """Mean and sd over seeds of validation, training and test accuracy (ok runs)."""
+    row = {"seeds": len(records), "diverged": sum(r["status"] != "ok" for r in records)}
+    for key in ("val_acc", "train_acc", "test_acc"):
+        vals = np.asarray([r[key] for r in records if r["status"] == "ok"
+                           and r[key] is not None], float)
+        row[key + "_mean"] = float(vals.mean()) if len(vals) else None
+        row[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return row
+
+
+# ---------------------------------------------------------------- one model
+def measure_model(cfg, name: str, wd, ds, dat, failed: list) -> dict:
+    D = models.param_count(models.get(name))
+    metric = f"{cfg.measure_on}_acc"
+    full = run_phase(wd, cfg, name, "full", [D], 0, ds, dat, failed)
+    thresholds = {"global": float(cfg.global_threshold)}
+    if full is not None:
+        full_mean = float(np.mean(decision_values(full, metric, cfg.seeds)[D]))
+        thresholds["individual"] = float(cfg.individual_fraction) * full_mean
+
+    records = []
+
+    def evaluate(dims, phase):
+        got = run_phase(wd, cfg, name, phase, dims, max(dims), ds, dat, failed)
+        if got is None:
+            return None
+        records.extend(got)
+        return decision_values(got, metric, cfg.seeds)
+
+    grid = sorted({min(int(d), D) for d in cfg.grid})
+    curve = intrinsic.search(evaluate, grid, list(thresholds.values()),
+                             int(cfg.bisection_rounds), int(cfg.bisection_points))
+    estimates = {}
+    if curve:
+        for baseline, threshold in thresholds.items():
+            estimates[baseline] = intrinsic.estimate(curve, threshold, int(cfg.bootstrap_samples),
+                                                     float(cfg.ci_level))
+    rows = []
+    for d in sorted(curve):
+        at_d = [r for r in records if int(r["d"]) == d]
+        rows.append({"d": d, "phase": at_d[0]["phase"], **stats(at_d)})
+    return {"params": D, "projection": cfg.projection, "measure_on": cfg.measure_on,
+            "full": stats(full) if full is not None else None, "thresholds": thresholds,
+            "curve": rows, "d_int90": estimates, "published": PUBLISHED.get(name)}
+
+
+# ---------------------------------------------------------------- outputs
+def pct(mean, sd) -> str:
+    return sweep.fmt_pct(mean, sd)
+
+
+def markdown(summary: dict, cfg) -> str:
+    lines = [f"d_int90, {cfg.projection} projection, measured on {cfg.measure_on} accuracy, "
+             f"{len(cfg.seeds)} seeds, {cfg.train.epochs} epochs; CI: "
+             f"{100 * cfg.ci_level:g}% percentile bootstrap over seeds "
+             f"({cfg.bootstrap_samples} resamples).", "",
+             "| model | params D | baseline | threshold % | d_int90 | crossing (interp.) | "
+             f"{100 * cfg.ci_level:g}% CI | published |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for name, m in summary["models"].items():
+        for baseline, est in m["d_int90"].items():
+            published = (m["published"] or {}).get(baseline, "-")
+            lines.append(f"| {name} | {m['params']:,} | {baseline} | "
+                         f"{100 * est['threshold']:.2f} | {intrinsic.fmt_d(est)} | "
+                         f"{est['d_interp']:,.0f} | {intrinsic.fmt_ci(est)} | {published} |")
+    tags = {k: " (decides)" if k == cfg.measure_on else "" for k in MEASURES}
+    lines += ["", f"| model | d | phase | val acc %{tags['val']} | train acc %{tags['train']} | "
+                  "test acc % (reported only) | seeds |",
+              "|---|---:|---|---:|---:|---:|---:|"]
+    for name, m in summary["models"].items():
+        rows = m["curve"] + ([{"d": f"full ({m['params']:,})", "phase": "full", **m["full"]}]
+                             if m["full"] else [])
+        for r in rows:
+            d = f"{r['d']:,}" if isinstance(r["d"], int) else r["d"]
+            lines.append(f"| {name} | {d} | {r['phase']} | "
+                         f"{pct(r['val_acc_mean'], r['val_acc_sd'])} | "
+                         f"{pct(r['train_acc_mean'], r['train_acc_sd'])} | "
+                         f"{pct(r['test_acc_mean'], r['test_acc_sd'])} | {r['seeds']} |")
+    notes = [f"- {name}: {m['published']['note']}" for name, m in summary["models"].items()
+             if m["published"]]
+    if notes:
+        lines += ["", "Published numbers:", *notes]
+    if summary["failed_units"]:
+        lines += ["", "Failed units (see runs/*.failed.json): "
+                  + ", ".join(summary["failed_units"])]
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: dict, cfg):
+    """One panel per model: accuracy vs d (mean +- sd over seeds), thresholds,
+    d_int90 (solid line) and its bootstrap interval (shaded)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"{cfg.measure_on}_acc"
+    n = len(summary["models"])
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
+    colors = {"global": "tab:red", "individual": "tab:green"}
+    for ax, (name, m) in zip(axes[0], summary["models"].items()):
+        rows = [r for r in m["curve"] if r[key + "_mean"] is not None]
+        d = np.asarray([r["d"] for r in rows], float)
+        for k, style, label in ((key, "o-", f"{cfg.measure_on} (decides)"),
+                                ("test_acc", "s:", "test (reported only)")):
+            ok = [r for r in rows if r[k + "_mean"] is not None]
+            ax.errorbar([r["d"] for r in ok], [100 * r[k + "_mean"] for r in ok],
+                        yerr=[100 * r[k + "_sd"] for r in ok], fmt=style, capsize=3, ms=4,
+                        alpha=1.0 if k == key else 0.5, label=label)
+        for baseline, est in m["d_int90"].items():
+            c = colors[baseline]
+            ax.axhline(100 * est["threshold"], color=c, ls="--", lw=1,
+                       label=f"{baseline} threshold {100 * est['threshold']:.1f}%")
+            lo, hi = est["ci"]
+            if np.isfinite(lo) and len(d):  # an open upper end is drawn to the panel's edge
+                ax.axvspan(lo, hi if np.isfinite(hi) else 1.5 * d.max(), color=c, alpha=0.12)
+            if est["d"] is not None:
+                ax.axvline(est["d"], color=c, lw=1.5,
+                           label=f"d_int90 ({baseline}) {intrinsic.fmt_d(est)}, "
+                                 f"CI {intrinsic.fmt_ci(est)}")
+        ax.set_xscale("log")
+        ax.set_xlabel("subspace dimension d")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{name} (D={m['params']:,}, {m['projection']} P)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"mean ± sd over {len(cfg.seeds)} seeds, {cfg.train.epochs} epochs; shaded: "
+                 f"{100 * cfg.ci_level:g}% bootstrap CI of d_int90", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def run(cfg, workdir: str) -> dict:
+    validate(cfg)
+    wd, ds, dat = sweep.prepare(cfg, workdir)
+    failed: list[str] = []
+    summary = {"models": {name: measure_model(cfg, name, wd, ds, dat, failed)
+                          for name in cfg.models}}
+    summary["failed_units"] = failed
+    summary["settings"] = {"projection": cfg.projection, "measure_on": cfg.measure_on,
+                           "seeds": list(cfg.seeds), "epochs": cfg.train.epochs,
+                           "ci": f"{100 * cfg.ci_level:g}% percentile bootstrap, "
+                                 f"{cfg.bootstrap_samples} resamples of the seeds at each d"}
+    wd.write_json("summary.json", summary)
+    text = markdown(summary, cfg)
+    with open(wd.file("summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+    print("figure:", wd.save_figure(figure(summary, cfg), "intrinsic_dimension.png"))
+    return summary
