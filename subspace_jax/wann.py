@@ -216,20 +216,24 @@ def permute_hidden(genome, perm_H: np.ndarray) -> dict[str, np.ndarray]:
             "act": genome["act"][perm_K], "node_on": genome["node_on"][perm_H]}
 
 
+def _set_conn(g, src: int, dst: int, state) -> None:
+    """Sets connection src->dst; sources index inputs first, then hidden nodes."""
+    n_in = g["in_conn"].shape[0]
+    if src < n_in:
+        g["in_conn"][src, dst] = state
+    else:
+        g["hid_conn"][src - n_in, dst] = state
+
+
 def mutate_add_connection(genome, rng):
     in_ok, hid_ok = valid_sources(genome)
-    n_in = in_ok.shape[0]
     free = np.concatenate([in_ok & (genome["in_conn"] == OFF),
                            hid_ok & (genome["hid_conn"] == OFF)])
     pick = _pick(rng, free)
     if pick is None:
         return None
     g = copy_genome(genome)
-    src, dst = pick
-    if src < n_in:
-        g["in_conn"][src, dst] = ON
-    else:
-        g["hid_conn"][src - n_in, dst] = ON
+    _set_conn(g, *pick, ON)
     return g
 
 
@@ -247,10 +251,7 @@ def mutate_insert_node(genome, rng):
         return None
     src, dst = pick
     g = copy_genome(genome)
-    if src < n_in:
-        g["in_conn"][src, dst] = DISABLED
-    else:
-        g["hid_conn"][src - n_in, dst] = DISABLED
+    _set_conn(g, src, dst, DISABLED)
     new = used
     g["node_on"][new] = True
     g["act"][new] = rng.integers(len(ACTIVATIONS))
@@ -259,10 +260,7 @@ def mutate_insert_node(genome, rng):
                            np.arange(new + 1, n_hidden)]).astype(np.int64)
     g = permute_hidden(g, perm)
     dst_new = dst + 1 if dst < n_hidden else dst   # a hidden dst moved one place down
-    if src < n_in:
-        g["in_conn"][src, pos] = ON
-    else:
-        g["hid_conn"][src - n_in, pos] = ON        # src < pos, unmoved
+    _set_conn(g, src, pos, ON)                     # src < pos, unmoved
     g["hid_conn"][pos, dst_new] = ON
     return g
 
@@ -284,12 +282,7 @@ def mutate_reenable(genome, rng):
     if pick is None:
         return None
     g = copy_genome(genome)
-    n_in = genome["in_conn"].shape[0]
-    src, dst = pick
-    if src < n_in:
-        g["in_conn"][src, dst] = ON
-    else:
-        g["hid_conn"][src - n_in, dst] = ON
+    _set_conn(g, *pick, ON)
     return g
 
 
