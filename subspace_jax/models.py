@@ -31,6 +31,9 @@ class Model:
     init: Callable      # key -> params
     apply: Callable     # (params, x_NxHxWxC) -> logits_NxK
     description: str = ""
+    # Layer list for export (see subspace_jax/export.py); None for models built
+    # outside mlp/cnn. Kept out of ==/hash so a Model stays a valid static key.
+    arch: dict | None = dataclasses.field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------- layers
@@ -95,7 +98,13 @@ def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = 10) -> M
                 h = jax.nn.relu(h)
         return h
 
-    return Model(name, init, apply, "fc " + "-".join(map(str, sizes)))
+    layers = [{"kind": "flatten"}] + [
+        {"kind": "dense", "name": f"dense{i}", "in": a, "out": b,
+         "activation": "relu" if i < len(sizes) - 2 else "none"}
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    side = math.isqrt(n_in)  # images are square; anything else stays a flat vector
+    arch = {"input_shape": [side, side, 1] if side * side == n_in else [n_in], "layers": layers}
+    return Model(name, init, apply, "fc " + "-".join(map(str, sizes)), arch)
 
 
 def _conv_out(size, kernels, pools):
@@ -152,7 +161,17 @@ def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
 
     desc = (f"conv {list(channels)} k{list(kernels)} pool{[int(p) for p in pools]} "
             f"-> {'-'.join(map(str, dense_sizes))} {activation}")
-    return Model(name, init, apply, desc)
+    layers, c_in = [], in_channels
+    for i, (c, k, p) in enumerate(zip(channels, kernels, pools)):
+        layers.append({"kind": "conv", "name": f"conv{i}", "kernel": int(k), "in": int(c_in),
+                       "out": int(c), "activation": activation, "pool": bool(p)})
+        c_in = c
+    layers.append({"kind": "flatten"})
+    layers += [{"kind": "dense", "name": f"dense{j}", "in": a, "out": b,
+                "activation": "relu" if j < len(dense_sizes) - 2 else "none"}
+               for j, (a, b) in enumerate(zip(dense_sizes[:-1], dense_sizes[1:]))]
+    arch = {"input_shape": [in_size, in_size, in_channels], "layers": layers}
+    return Model(name, init, apply, desc, arch)
 
 
 def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", **kw) -> Model:

@@ -1,0 +1,175 @@
+"""Score an exported MNIST model with NumPy alone: test accuracy and non-zero count.
+
+    python tools/check_model.py MODEL.npz [--data data/mnist] [--limit N]
+
+Needs only Python 3 and NumPy (no JAX, no subspace_jax), so anyone can check
+a claimed accuracy and parameter count.
+
+File format (``subspace-jax-mnist/1``)
+--------------------------------------
+An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
+
+* ``arch``: a 0-d unicode array holding a JSON object::
+
+    {"format": "subspace-jax-mnist/1", "name": "golf_prelu",
+     "input": {"shape": [28, 28, 1], "layout": "HWC",
+               "pixel_scale": 255.0, "mean": 0.1307, "std": 0.3081},
+     "layers": [...], "dense_params": 820, "nonzero_params": 820}
+
+  Input: raw uint8 pixels ``p`` become ``(p / pixel_scale - mean) / std``,
+  float, shape ``H x W x C``. ``layers`` are applied in order:
+
+  - ``{"kind": "conv", "name": "conv0", "kernel": k, "in": C, "out": O,
+    "activation": "relu" | "prelu", "pool": true | false}``: a stride-1
+    convolution without padding ("valid": ``H -> H - k + 1``), as
+    cross-correlation ``y[h, w, o] = b[o] + sum_{i, j, c} x[h + i, w + j, c]
+    * W[i, j, c, o]``; then the activation (prelu: ``y`` if ``y >= 0`` else
+    ``slope[o] * y``); then, if ``pool``, 2x2 max-pooling with stride 2 that
+    drops an odd last row/column (floor mode).
+  - ``{"kind": "flatten"}``: ``H x W x C`` to a vector in row-major order
+    (channel fastest).
+  - ``{"kind": "dense", "name": "dense0", "in": n, "out": m,
+    "activation": "relu" | "none"}``: ``y = x @ W + b``, then the activation.
+
+  The last layer's outputs are the 10 class logits; the prediction is their argmax.
+  ``dense_params`` counts every stored value; ``nonzero_params`` the non-zero
+  ones (biases and PReLU slopes included): the count a pruned model claims.
+* One float32 array per parameter, named ``<layer name>/<param>``:
+  ``conv*/w`` (``k x k x in x out``), ``conv*/b`` (``out``), ``conv*/slope``
+  (``out``, prelu only), ``dense*/w`` (``in x out``), ``dense*/b`` (``out``).
+
+The checker recounts the non-zero parameters from the arrays (it does not
+trust ``nonzero_params``) and reads the MNIST test IDX files itself (gzip
+or plain; only their shapes are checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "data", "mnist")
+
+
+def read_idx(directory: str, name: str) -> np.ndarray:
+    """One IDX file (``name`` or ``name.gz``) as a uint8 array of its stated shape."""
+    path = os.path.join(directory, name)
+    opener = open
+    if not os.path.exists(path):
+        path, opener = path + ".gz", gzip.open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape}, body has {body.size} bytes")
+    return body.reshape(shape)
+
+
+def load_test(directory: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images_Nx28x28 uint8, labels_N uint8) of the 10,000-image test split."""
+    x = read_idx(directory, "t10k-images-idx3-ubyte")
+    y = read_idx(directory, "t10k-labels-idx1-ubyte")
+    if x.shape != (10_000, 28, 28) or y.shape != (10_000,):
+        raise ValueError(f"unexpected test shapes {x.shape}, {y.shape}")
+    return x, y
+
+
+def load_model(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as f:
+        return json.loads(str(f["arch"])), {k: f[k] for k in f.files if k != "arch"}
+
+
+def conv_valid(x_NHWC, w_KKCO, b_O):
+    k = w_KKCO.shape[0]
+    # windows: N x H' x W' x C x k x k (a view, no copy)
+    win = np.lib.stride_tricks.sliding_window_view(x_NHWC, (k, k), axis=(1, 2))
+    return np.einsum("nhwcij,ijco->nhwo", win, w_KKCO, optimize=True) + b_O
+
+
+def maxpool2(x_NHWC):
+    n, h, w, c = x_NHWC.shape
+    x = x_NHWC[:, :h // 2 * 2, :w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def forward(desc: dict, arrays: dict[str, np.ndarray], x_NHWC: np.ndarray) -> np.ndarray:
+    """Logits N x 10 of normalised images (float64 throughout)."""
+    h = x_NHWC.astype(np.float64)
+    p = {k: v.astype(np.float64) for k, v in arrays.items()}
+    for layer in desc["layers"]:
+        kind = layer["kind"]
+        if kind == "conv":
+            n = layer["name"]
+            h = conv_valid(h, p[n + "/w"], p[n + "/b"])
+            if layer["activation"] == "prelu":
+                h = np.where(h >= 0, h, p[n + "/slope"] * h)
+            elif layer["activation"] == "relu":
+                h = np.maximum(h, 0)
+            else:
+                raise ValueError(f"unknown conv activation {layer['activation']!r}")
+            if layer["pool"]:
+                h = maxpool2(h)
+        elif kind == "flatten":
+            h = h.reshape(h.shape[0], -1)
+        elif kind == "dense":
+            n = layer["name"]
+            h = h @ p[n + "/w"] + p[n + "/b"]
+            if layer["activation"] == "relu":
+                h = np.maximum(h, 0)
+            elif layer["activation"] != "none":
+                raise ValueError(f"unknown dense activation {layer['activation']!r}")
+        else:
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return h
+
+
+def normalise(images_NxHxW: np.ndarray, desc: dict) -> np.ndarray:
+    inp = desc["input"]
+    x = (images_NxHxW.astype(np.float64) / inp["pixel_scale"] - inp["mean"]) / inp["std"]
+    return x.reshape(len(x), *inp["shape"]) if len(inp["shape"]) == 3 else x.reshape(len(x), -1)
+
+
+def nonzero_count(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(np.count_nonzero(v) for v in arrays.values()))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="an exported .npz file")
+    ap.add_argument("--data", default=DEFAULT_DATA, help="directory with the MNIST IDX files")
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N test images")
+    ap.add_argument("--batch", type=int, default=1000, help="images per forward pass (memory)")
+    args = ap.parse_args(argv)
+
+    desc, arrays = load_model(args.model)
+    images, labels = load_test(args.data)
+    if args.limit:
+        images, labels = images[:args.limit], labels[:args.limit]
+    correct = 0
+    for i in range(0, len(labels), args.batch):
+        logits = forward(desc, arrays, normalise(images[i:i + args.batch], desc))
+        correct += int((logits.argmax(-1) == labels[i:i + args.batch]).sum())
+    nz = nonzero_count(arrays)
+    dense = int(sum(v.size for v in arrays.values()))
+    print(f"model: {desc.get('name') or args.model} ({desc.get('format')})")
+    print(f"test accuracy: {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
+    print(f"non-zero parameters: {nz:,} (dense {dense:,})")
+    if nz != desc.get("nonzero_params"):
+        print(f"warning: file claims {desc.get('nonzero_params')} non-zero parameters",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
