@@ -93,7 +93,7 @@ class Workdir:
 class Progress:
     """Prints ``[i/n] label  elapsed, ETA`` lines for long sweeps."""
 
-    def __init__(self, total: int, name: str = "", stream=sys.stdout):
+    def __init__(self, total: int, name: str = "", stream=None):
         self.total, self.done, self.name, self.stream = total, 0, name, stream
         self.start = time.time()
         self.timed = 0  # units that actually ran (skipped ones cost ~0)
@@ -109,7 +109,7 @@ class Progress:
         eta = (self.timed_seconds / self.timed * left) if self.timed else 0.0
         tag = "skipped (already finished)" if skipped else f"{seconds:.1f}s" if seconds else ""
         print(f"[{self.name} {self.done}/{self.total}] {label}  {tag}  "
-              f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream, flush=True)
+              f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream or sys.stdout, flush=True)
 
 
 class EpochTicker:
@@ -119,7 +119,7 @@ class EpochTicker:
     of each epoch prints.
     """
 
-    def __init__(self, label: str, epochs: int, stream=sys.stdout):
+    def __init__(self, label: str, epochs: int, stream=None):
         self.label, self.epochs, self.stream = label, epochs, stream
         self.seen: set[int] = set()
         self.start = time.time()
@@ -137,4 +137,4 @@ class EpochTicker:
         else:
             eta = (now - self.first) / (e - 1) * (self.epochs - e)
         print(f"  {self.label}: epoch {e}/{self.epochs}  elapsed {elapsed:.0f}s, "
-              f"ETA {eta:.0f}s", file=self.stream, flush=True)
+              f"ETA {eta:.0f}s", file=self.stream or sys.stdout, flush=True)
