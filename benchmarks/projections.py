@@ -170,6 +170,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_gb", type=float, default=16.0,
                         help="skip runs whose projection alone would exceed this")
     parser.add_argument("--out", default=None, help="output path without extension")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the measured rows of an existing OUT.json (same model, batch, "
+                             "device) and measure only the missing ones")
     args = parser.parse_args(argv)
 
     register_models()
@@ -191,8 +194,26 @@ def main(argv=None) -> dict:
               "memory": "XLA compiled-program argument + output + temp bytes",
               "results": []}
     print(f"{model_name}: D={D:,}, batch {args.batch}, {device}", flush=True)
-    report["direct"] = {"kind": "direct", "d": D, "status": "ok",
-                        **measure(model, "direct", D, x, y, target_s)}
+    done = {}
+    if args.resume and os.path.exists(out + ".json"):
+        with open(out + ".json") as f:
+            old = json.load(f)
+        same = {k: old.get(k) for k in ("model", "batch", "device")}
+        if same != {"model": model_name, "batch": args.batch, "device": device}:
+            raise SystemExit(f"--resume: {out}.json was measured for {same}, not this run; "
+                             "give another --out or drop --resume")
+        done = {(r["kind"], r["d"]): r for r in old["results"] if r["status"] == "ok"}
+        if old.get("direct", {}).get("status") == "ok":
+            done[("direct", D)] = old["direct"]
+        print(f"--resume: {len(done)} measured rows kept from {out}.json", flush=True)
+
+    def save():  # after every row, so a run stopped early keeps what it measured
+        with open(out + ".json.tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(out + ".json.tmp", out + ".json")
+
+    report["direct"] = done.get(("direct", D)) or {
+        "kind": "direct", "d": D, "status": "ok", **measure(model, "direct", D, x, y, target_s)}
     print(f"{'direct':14s} d={D:>9,}  step {report['direct']['step_ms']:9.3f} ms", flush=True)
     for kind in kinds:
         for d in dims:
@@ -200,6 +221,8 @@ def main(argv=None) -> dict:
             need = projection_bytes(kind, D, d)
             if subspace.parse_kind(kind)[0] == "orthonormal" and d > D:
                 row["status"] = "skipped: orthonormal needs d <= D"
+            elif (kind, d) in done:
+                row = done[(kind, d)]
             elif need > args.max_gb * 2**30:
                 row["status"] = f"skipped: projection needs ~{need / 2**30:.0f} GiB > --max_gb"
             else:
@@ -209,6 +232,7 @@ def main(argv=None) -> dict:
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory: record, go on
                     row["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
             report["results"].append(row)
+            save()
             if row["status"] == "ok":
                 mem = row["memory_bytes"] and f"{row['memory_bytes'] / 2**20:9.1f} MiB"
                 print(f"{kind:14s} d={d:>9,}  step {row['step_ms']:9.3f} ms "
@@ -216,8 +240,7 @@ def main(argv=None) -> dict:
                       f"memory {mem}", flush=True)
             else:
                 print(f"{kind:14s} d={d:>9,}  {row['status']}", flush=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
+    save()
     plot(report, out + ".png")
     print(f"wrote {out}.json, {out}.png")
     return report

@@ -95,3 +95,18 @@ def load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     with np.load(path, allow_pickle=False) as f:
         desc = json.loads(str(f["arch"]))
         return desc, {k: f[k] for k in f.files if k != "arch"}
+
+
+def load_model(path: str) -> tuple[models.Model, dict]:
+    """(Model, params) of an exported file: params as the nested dict
+    ``model.apply`` takes (``{"conv0": {"w": ..., "b": ...}, ...}``)."""
+    desc, arrays = load(path)
+    params: dict = {}
+    for key, value in arrays.items():
+        layer, name = key.split("/")
+        params.setdefault(layer, {})[name] = jax.numpy.asarray(value)
+    model = models.from_arch(desc, desc.get("name") or os.path.basename(path))
+    want, got = _expected_shapes(model.arch), {k: v.shape for k, v in arrays.items()}
+    if got != want:
+        raise ValueError(f"{path}: arrays {got} do not match its arch {want}")
+    return model, params

@@ -180,6 +180,49 @@ def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", **kw) -> 
     return cnn(name, channels, kernels, (True, True, False), activation=activation, **kw)
 
 
+def from_arch(arch: dict, name: str = "from_arch") -> Model:
+    """The Model an export ``arch`` describes (``{"input_shape", "layers"}``, or
+    the full description stored in an exported file): same apply as the
+    ``mlp``/``cnn`` model that wrote it, fresh uniform init."""
+    layers = [dict(layer) for layer in arch["layers"]]
+    in_shape = tuple(arch.get("input_shape") or arch["input"]["shape"])
+    for layer in layers:
+        if layer["kind"] not in ("conv", "flatten", "dense"):
+            raise ValueError(f"arch layer kind {layer['kind']!r}; valid: conv, flatten, dense")
+
+    def init(key):
+        params = {}
+        trainable = [layer for layer in layers if layer["kind"] != "flatten"]
+        for layer, k in zip(trainable, jax.random.split(key, len(trainable))):
+            if layer["kind"] == "conv":
+                params[layer["name"]] = _conv_init(k, layer["kernel"], layer["in"], layer["out"])
+                if layer["activation"] == "prelu":
+                    params[layer["name"]]["slope"] = jnp.full((layer["out"],), 0.25, jnp.float32)
+            else:
+                params[layer["name"]] = _dense_init(k, layer["in"], layer["out"])
+        return params
+
+    def apply(params, x):
+        h = x.reshape(x.shape[0], *in_shape)
+        for layer in layers:
+            if layer["kind"] == "flatten":
+                h = h.reshape(h.shape[0], -1)
+                continue
+            p = params[layer["name"]]
+            if layer["kind"] == "conv":
+                h = conv2d(h, p["w"], p["b"])
+            else:
+                h = h @ p["w"] + p["b"]
+            act = layer["activation"]
+            h = prelu(h, p["slope"]) if act == "prelu" else jax.nn.relu(h) if act == "relu" else h
+            if layer.get("pool"):
+                h = maxpool2(h)
+        return h
+
+    return Model(name, init, apply, f"from arch: {len(layers)} layers",
+                 {"input_shape": list(in_shape), "layers": layers})
+
+
 # ---------------------------------------------------------------- registry
 _REGISTRY: dict[str, Callable[[], Model]] = {
     # Li et al. 2018 / greydanus 2017 subspace papers.

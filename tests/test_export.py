@@ -72,3 +72,16 @@ def test_checker_cli_prints_accuracy_without_jax(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test accuracy:" in r.stdout and "/500)" in r.stdout
     assert "non-zero parameters: 12,730" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["golf_prelu", "lenet_300_100"])
+def test_load_model_round_trip(name, tmp_path):
+    model = models.get(name)
+    params = model.init(jax.random.key(3))
+    path = str(tmp_path / "m.npz")
+    export.export_model(path, name, params)
+    loaded, loaded_params = export.load_model(path)
+    x = jax.random.normal(jax.random.key(4), (3, 28, 28, 1))
+    np.testing.assert_allclose(loaded.apply(loaded_params, x), model.apply(params, x),
+                               atol=1e-5, rtol=1e-5)
+    assert jax.tree.structure(loaded.init(jax.random.key(0))) == jax.tree.structure(params)
