@@ -24,19 +24,30 @@ accuracies a little below the 50k-iteration numbers.
 
 Writes: config.json, metrics.jsonl (per epoch, level and arm), runs/*.json,
 runs/*.masks.npz (bit-packed masks per level, see ``pruning.masks.save_npz``),
-summary.json, summary.md, lottery.png.
+summary.json, summary.md, lottery.png, and the exported ticket: ``ticket.npz``
+(the framework-free format of ``subspace_jax/export.py``; check it with
+``python tools/check_model.py WORKDIR/ticket.npz``) plus ``ticket_report.md``
+(per-layer sparsity, non-zero parameters and FLOPs). The ticket is the first
+seed's network at the sparsest level of the first rewind point whose mean
+validation accuracy over seeds still reaches the dense run's (the densest
+level with the best validation accuracy if none does); chosen on validation.
+``runs/<unit>.theta_seed<first seed>.npy`` keeps that seed's kept params of
+every level (rows x levels x D) so the choice can be re-made without training.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
-from subspace_jax import models, sweep, vectorize
+from subspace_jax import export, models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
@@ -117,9 +128,57 @@ def units_for(cfg, ds, dat, wd):
             out = jax.device_get(vectorize.vmapped(run, vectorize.run_keys(cfg.seeds), hp, dat))
             masks.save_npz(wd.file(f"runs/{cfg.model}_imp_rewind{k}.masks.npz"),
                            {f"imp/rewind{k}": out[f"imp/rewind{k}"].mask}, lay)
+            wd.save_npy(_theta_file(cfg, k), np.asarray(out[f"imp/rewind{k}"].theta[0], np.float32))
             return P.unit_records(out, cfg.seeds, hp, lay, fpw, {"model": cfg.model})
         units.append((f"{cfg.model}_imp_rewind{k}", unit))
     return units
+
+
+def _theta_file(cfg, k: int) -> str:
+    return f"runs/{cfg.model}_imp_rewind{k}.theta_seed{cfg.seeds[0]}.npy"
+
+
+def choose_ticket(cfg, table: list[dict]) -> dict | None:
+    """The table row of the ticket to export (see the module docstring)."""
+    method = f"imp/rewind{int(cfg.rewind_epochs[0])}"
+    dense = [r for r in table if r["method"] == "dense" and r["val_acc_mean"] is not None]
+    rows = [r for r in table if r["method"] == method and r["val_acc_mean"] is not None]
+    if not rows:
+        return None
+    if dense:
+        good = [r for r in rows if r["val_acc_mean"] >= dense[0]["val_acc_mean"]]
+        if good:
+            return min(good, key=lambda r: r["density_target"])
+    return max(rows, key=lambda r: (r["val_acc_mean"], r["density_target"]))
+
+
+def export_ticket(cfg, wd, row: dict, ds) -> dict:
+    """Writes ticket.npz and ticket_report.md for the first seed at ``row``."""
+    k = int(cfg.rewind_epochs[0])
+    model = models.get(cfg.model)
+    lay = masks.model_layout(model, tuple(prune_cfg(cfg).prunable))
+    level = int(np.argmin(np.abs(level_densities(cfg) - row["density_target"])))
+    lr_row = int(np.argmin(np.abs(np.asarray(cfg.learning_rates, float) - row["learning_rate"])))
+    theta_D = np.load(wd.file(_theta_file(cfg, k)))[lr_row, level]
+    named, _ = masks.load_npz(wd.file(f"runs/{cfg.model}_imp_rewind{k}.masks.npz"))
+    mask_D = named[f"imp/rewind{k}"][0, lr_row, level]
+    if np.any(theta_D[mask_D == 0] != 0):
+        raise AssertionError("a pruned weight of the ticket is not zero")
+    _, unravel = ravel_pytree(model.init(jax.random.key(0)))  # structure only
+    desc = export.export_model(wd.file("ticket.npz"), model, unravel(jnp.asarray(theta_D)))
+    rep = masks.report(np.asarray(masks.leaf_counts(jnp.asarray(mask_D), lay)), lay,
+                       masks.flops_per_weight(model, ds.train_x.shape[1:]))
+    text = (f"Ticket: {cfg.model}, seed {cfg.seeds[0]}, imp/rewind{k}, level {level + 1} "
+            f"({100 * row['density_target']:.2f}% of prunable weights kept; chosen on "
+            f"validation), learning rate {row['learning_rate']:g}.\n"
+            f"Exported: ticket.npz, {desc['nonzero_params']:,} non-zero of "
+            f"{desc['dense_params']:,} parameters (biases count).\n\n"
+            + "```\n" + masks.format_report(rep) + "\n```\n")
+    with open(wd.file("ticket_report.md"), "w") as f:
+        f.write(text)
+    return {"file": "ticket.npz", "level": level + 1, "density_target": row["density_target"],
+            "seed": int(cfg.seeds[0]), "nonzero_params": desc["nonzero_params"],
+            "dense_params": desc["dense_params"], "report": rep}
 
 
 def _fmt(mean, sd) -> str:
@@ -150,6 +209,12 @@ def run(cfg, workdir: str) -> dict:
     lines += ["", f"Published: {PUBLISHED}"]
     if dense:
         summary["dense_test_acc"] = dense[0]["test_acc_mean"]
+    ticket = choose_ticket(cfg, table)
+    if ticket is not None and os.path.exists(wd.file(_theta_file(cfg, int(cfg.rewind_epochs[0])))):
+        summary["ticket"] = export_ticket(cfg, wd, ticket, ds)
+        lines += ["", f"Exported ticket: ticket.npz (level {summary['ticket']['level']}, "
+                      f"{summary['ticket']['nonzero_params']:,} non-zero parameters); "
+                      "per-layer report in ticket_report.md."]
     wd.write_json("summary.json", summary)
     with open(wd.file("summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

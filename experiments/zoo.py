@@ -25,8 +25,6 @@ learning rate, in the format of ``subspace_jax/export.py`` (check with
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import jax
 import ml_collections
@@ -70,14 +68,6 @@ def _theta_file(unit_id: str) -> str:
     return f"runs/{unit_id}.theta_seed0.npy"
 
 
-def _save_npy(path: str, arr: np.ndarray) -> None:
-    # Atomic, like the JSON records: a resumed sweep never reads half a file.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
 def with_params(run):
     """``run`` whose ``final`` also carries the kept flat params (popped again below)."""
     def run_keep(key, hp, data):
@@ -102,7 +92,7 @@ def units_for(cfg, wd, ds, dat):
             records, rows = sweep.run_unit(with_params(run), cfg.seeds, hp, dat, labels)
             thetas = [r.pop("theta") for r in records]
             theta0_RxD = np.stack([t for r, t in zip(records, thetas) if r["seed"] == 0])
-            _save_npy(wd.file(_theta_file(name)), theta0_RxD.astype(np.float32))
+            wd.save_npy(_theta_file(name), theta0_RxD.astype(np.float32))
             return records, rows
         units.append((name, unit))
     return units

@@ -59,6 +59,15 @@ class Workdir:
         os.replace(tmp, target)
         return target
 
+    def save_npy(self, name: str, arr) -> str:
+        """One array to ``name`` (.npy), atomically like the JSON records."""
+        target = self.file(name)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(arr))
+        os.replace(tmp, target)
+        return target
+
     def read_json(self, name: str) -> Any:
         with open(self.file(name)) as f:
             return json.load(f)

@@ -12,7 +12,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
-from subspace_jax import models, train, vectorize
+from subspace_jax import export, models, train, vectorize
 from subspace_jax.pruning import masks, scorers
 from subspace_jax.pruning import procedures as P
 
@@ -220,6 +220,31 @@ def test_rewinding_to_an_epoch_needs_a_constant_schedule():
         P.make_pruning_run(TINY, C.train_config(), pcfg, 64, at_init=("nope",), input_shape=SHAPE)
 
 
+def test_rewinding_to_epoch_k_restarts_from_the_dense_weights_after_k_epochs():
+    data = tiny_data()
+    tcfg = C.train_config(epochs=2, batch_size=16)
+    no_sub = C.subspace_config(0)
+    hp = {**train.default_hp(tcfg), "densities": jnp.asarray([1.0])}  # level 1 keeps all
+    key = jax.random.key(0)
+    tickets = {k: P.make_pruning_run(TINY, tcfg, P.prune_config(), 64, imp=True, rewind_epoch=k,
+                                     input_shape=SHAPE)(key, hp, data)[f"imp/rewind{k}"].theta[0]
+               for k in (0, 1)}
+    # The same thing by hand: a 1-epoch dense run from the init, then the full
+    # schedule from its weights, with the run's own keys.
+    k = P.run_keys(key)
+    theta0_D = P.flat_model(TINY)[2](k.init)
+    thp = train.default_hp(tcfg)
+    snap_cfg = C.train_config(epochs=1, batch_size=16, keep_best=False)
+    snap_D = train.make_run(TINY, snap_cfg, no_sub, 64)(k.train, {**thp, "theta_init": theta0_D},
+                                                        data).params
+    assert not np.allclose(snap_D, theta0_D)
+    ones = jnp.ones_like(theta0_D)
+    by_hand = train.make_run(TINY, tcfg, no_sub, 64)(
+        k.train, {**thp, "theta_init": snap_D, "mask": ones}, data).params
+    np.testing.assert_allclose(tickets[1], by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tickets[0], tickets[1], atol=1e-4)
+
+
 def test_vmapped_over_seeds_equals_looped():
     data = tiny_data()
     tcfg = C.train_config(epochs=1, batch_size=16)
@@ -270,6 +295,14 @@ def test_lottery_quick_end_to_end(tmp_path):
             assert kept[lay.names.index("dense0/w")] == masks.kept_count(d, 784 * 300)
             assert abs(int(kept[lay.names.index("dense2/w")])
                        - (1 - cfg.output_rate) ** level * 1000) <= 0.5 + 1e-3  # d ** e on device
+    # The exported ticket: the chosen level's mask, zeros where pruned, scored by NumPy alone.
+    ticket = summary["ticket"]
+    desc, arrays = export.load(str(tmp_path / "ticket.npz"))
+    flat = np.concatenate([arrays[n].ravel() for n in lay.names])
+    mask = m[0, 0, ticket["level"] - 1]
+    assert not flat[~mask].any() and desc["nonzero_params"] == ticket["nonzero_params"]
+    assert ticket["nonzero_params"] == np.count_nonzero(flat)
+    assert "ticket.npz" in (tmp_path / "ticket_report.md").read_text()
     # Resuming skips the finished unit.
     summary2, _ = _quick(lottery, tmp_path)
     assert summary2["table"] == json.loads(json.dumps(summary["table"]))

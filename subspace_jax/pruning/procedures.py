@@ -161,11 +161,13 @@ class Levels(NamedTuple):
     final: dict[str, jax.Array]     # train.Result.final entries [L]
     leaf_kept: jax.Array            # kept weights per leaf [L, n_leaves]
     mask: Any                       # bool [L, D], or None where another arm holds it
+    theta: Any = None               # kept (best-validation) params [L, D]; IMP tickets only
 
 
-def _level(res: train.Result, mask_D, lay, keep_mask: bool = True) -> Levels:
+def _level(res: train.Result, mask_D, lay, keep_mask: bool = True,
+           keep_theta: bool = False) -> Levels:
     return Levels(res.history, res.final, masks.leaf_counts(mask_D, lay),
-                  mask_D > 0 if keep_mask else None)
+                  mask_D > 0 if keep_mask else None, res.params if keep_theta else None)
 
 
 def _train_hp(hp):
@@ -295,7 +297,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
             res = jax.vmap(lambda th: _train_from(run_train, k.train, thp, data, th, new_D))(
                 jnp.stack(starts))
             arm = lambda i: jax.tree.map(lambda a: a[i], res)
-            levels = {f"imp/rewind{rewind_epoch}": _level(arm(0), new_D, lay)}
+            levels = {f"imp/rewind{rewind_epoch}": _level(arm(0), new_D, lay, keep_theta=True)}
             if control:
                 levels[f"imp_control/rewind{rewind_epoch}"] = _level(arm(1), new_D, lay,
                                                                      keep_mask=False)
