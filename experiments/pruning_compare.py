@@ -1,6 +1,6 @@
 """Accuracy vs fraction of weights kept for every scorer and procedure, on one footing.
 
-    python launch.py --experiment=pruning_compare          # default; not measured (hours, 2 CPUs)
+    python launch.py --experiment=pruning_compare          # default: 4 min 39 s on an H100; hours on 2 CPUs
     python launch.py --experiment=pruning_compare --quick  # ~15-20 s on 2 CPU cores
 
 Models: LeNet-300-100 (266,610 params) and the 21,840-param conv net.
@@ -25,10 +25,10 @@ measured separately on the unguarded at-init masks: the largest compression
 Learning rate per (method, density) by mean validation accuracy when several
 are given; test accuracy is only reported.
 
-Expected (from the literature, not yet measured here): near-dense accuracy
-down to ~10% kept for every method after training; at init SNIP/GraSP/
-SynFlow beat random below ~10%; magnitude at init and SNIP collapse layers at
-extreme compression, SynFlow does not (Tanaka et al. 2020).
+Expected from the literature, and seen in the default run (README): near-
+dense accuracy down to ~10% kept for every method after training; at init
+SNIP/GraSP/SynFlow beat random below ~10%; magnitude at init collapses
+layers first (18x), SynFlow last (5,623x on LeNet; Tanaka et al. 2020).
 
 One unit (one compiled program, seeds vmapped) per model, resumable. The
 quick form (zoo_fc16, 2 seeds, 3 densities, 1 epoch, 10 SynFlow rounds)

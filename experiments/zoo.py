@@ -1,6 +1,6 @@
 """The "MNIST zoo" of the subspace-nn write-up, several seeds each, then exported.
 
-    python launch.py --experiment=zoo            # default; not yet timed (guess: tens of minutes, 2 CPU cores)
+    python launch.py --experiment=zoo            # default: 1 min 57 s on an H100 (not timed on CPU)
     python launch.py --experiment=zoo --quick    # ~55 s on a busy 2-core machine, mostly compiling
 
 Four small models: zoo_fc16 (784-16-10, 12,730 params), zoo_fc32 (784-32-10,
@@ -12,8 +12,8 @@ Recipe: Adam, batch 64, 5 epochs, learning rate chosen per model from
 ``learning_rates`` by mean validation accuracy over seeds (the last 10,000
 training images); the params of the best validation epoch are scored once on
 the test set. One unit (one compiled program) per model, seeds x learning
-rates vmapped. No full run has been made yet, so there are no measured
-numbers here; the quick form (2,000 training images, 1 epoch) only checks the
+rates vmapped. Default run (README): test 94.39, 96.24, 97.97 and 98.55%
+(3 seeds); the quick form (2,000 training images, 1 epoch) only checks the
 plumbing (about 35-75% test accuracy).
 
 Writes: config.json, metrics.jsonl, runs/*.json (plus runs/*.theta_seed0.npy:
