@@ -1,7 +1,8 @@
 """Export a trained model to one framework-free ``.npz`` file.
 
 The file holds every parameter array under its path name (``conv0/w``,
-``conv0/b``, ``conv0/slope``, ``dense0/w``, ...) and one extra entry, ``arch``:
+``conv0/b``, ``conv0/slope``, ``dw1/w`` of a depthwise conv, ``dense0/w``,
+...) and one extra entry, ``arch``:
 a 0-d unicode array with a JSON description of the network. The format is
 documented in ``tools/check_model.py``, which scores such a file with NumPy
 alone.
@@ -37,18 +38,9 @@ def flat_arrays(params) -> dict[str, np.ndarray]:
 
 
 def _expected_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for layer in arch["layers"]:
-        if layer["kind"] == "conv":
-            k, n = layer["kernel"], layer["name"]
-            shapes[f"{n}/w"] = (k, k, layer["in"], layer["out"])
-            shapes[f"{n}/b"] = (layer["out"],)
-            if layer["activation"] == "prelu":
-                shapes[f"{n}/slope"] = (layer["out"],)
-        elif layer["kind"] == "dense":
-            shapes[f"{layer['name']}/w"] = (layer["in"], layer["out"])
-            shapes[f"{layer['name']}/b"] = (layer["out"],)
-    return shapes
+    # One definition for the exporter, the loader and the counts: conv (and
+    # its prelu slope), depthwise, dense; flatten and gap hold no parameters.
+    return models.param_shapes(arch)
 
 
 def describe(arch: Mapping[str, Any], params, name: str = "") -> dict:

@@ -7,7 +7,12 @@ state; vmap over seeds is the caller's business.
 Convolutions are written as patches-by-slicing plus one matmul, and max-pool
 as reshape-and-max: on XLA's CPU backend this trains the 21,840-parameter
 conv net about 6x faster than ``lax.conv_general_dilated`` (see
-``benchmarks/conv_formulations.py``).
+``benchmarks/conv_formulations.py``). Depthwise convs are a sum of k*k
+shifted slices times per-channel weights, for the same reason.
+
+``mlp`` and ``cnn`` models carry ``arch``, the layer list that
+``subspace_jax/export.py`` writes and ``from_arch`` runs again; ``cnn``
+models are built from that list, so both run the same code.
 
 ``python -m subspace_jax.models`` prints every registered model with its
 exact parameter count.
@@ -51,6 +56,22 @@ def conv2d(x_NHWC, w_KKCO, b_O, impl: str = "slice"):
     return patches @ w_KKCO.reshape(-1, w_KKCO.shape[-1]) + b_O
 
 
+def depthwise2d(x_NHWC, w_KKC, b_C, impl: str = "slice"):
+    """'VALID' stride-1 depthwise convolution: one k x k filter per channel.
+
+    ``impl='slice'`` sums k*k shifted slices times per-channel weights (no
+    ``lax.conv``, which is slow on XLA's CPU backend)."""
+    if impl == "lax":
+        y = lax.conv_general_dilated(x_NHWC, w_KKC[:, :, None, :], (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=x_NHWC.shape[-1])
+        return y + b_C
+    k = w_KKC.shape[0]
+    h, w = x_NHWC.shape[1] - k + 1, x_NHWC.shape[2] - k + 1
+    y = sum(x_NHWC[:, i:i + h, j:j + w, :] * w_KKC[i, j] for i in range(k) for j in range(k))
+    return y + b_C
+
+
 def maxpool2(x_NHWC):
     """2x2 max-pool, stride 2, floor mode (odd edges dropped)."""
     n, h, w, c = x_NHWC.shape
@@ -78,6 +99,12 @@ def _conv_init(key, k, c_in, c_out):
     kw, kb = jax.random.split(key)
     fan_in = k * k * c_in
     return {"w": _uniform(kw, (k, k, c_in, c_out), fan_in), "b": _uniform(kb, (c_out,), fan_in)}
+
+
+def _depthwise_init(key, k, c):
+    kw, kb = jax.random.split(key)
+    fan_in = k * k  # each output channel sees one input channel
+    return {"w": _uniform(kw, (k, k, c), fan_in), "b": _uniform(kb, (c,), fan_in)}
 
 
 # ---------------------------------------------------------------- families
@@ -115,112 +142,135 @@ def _conv_out(size, kernels, pools):
     return size
 
 
-def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
-        pools: Sequence[bool], hidden: Sequence[int] = (), activation: str = "relu",
-        n_out: int = 10, in_size: int = 28, in_channels: int = 1,
-        conv_impl: str = "slice") -> Model:
-    """VALID convs (optionally pooled), then dense layers, then ``n_out`` logits.
+LAYER_KINDS = ("conv", "depthwise", "gap", "flatten", "dense")
 
-    ``activation='prelu'`` gives one learned slope per conv channel (init 0.25).
-    """
-    if activation not in ("relu", "prelu"):
-        raise ValueError(f"activation={activation!r}; valid: relu, prelu")
-    side = _conv_out(in_size, kernels, pools)
-    if side < 1:
-        raise ValueError(f"model {name}: kernels {kernels} leave no spatial extent")
-    flat = side * side * channels[-1]
-    dense_sizes = [flat, *hidden, n_out]
+
+def _activate(h, activation: str, p):
+    if activation == "prelu":
+        return prelu(h, p["slope"])
+    return jax.nn.relu(h) if activation == "relu" else h
+
+
+def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "slice") -> Model:
+    """The Model that runs an export layer list, in order (the semantics of each
+    kind are in ``tools/check_model.py``). Init: one key per layer with
+    parameters, split from the root key in layer order; PReLU slopes start at 0.25."""
+    layers = [dict(layer) for layer in arch["layers"]]
+    in_shape = tuple(arch["input_shape"])
+    for layer in layers:
+        if layer["kind"] not in LAYER_KINDS:
+            raise ValueError(f"arch layer kind {layer['kind']!r}; valid: {', '.join(LAYER_KINDS)}")
+    trainable = [layer for layer in layers if layer["kind"] in ("conv", "depthwise", "dense")]
 
     def init(key):
-        keys = jax.random.split(key, len(channels) + len(dense_sizes) - 1)
-        params, c_in = {}, in_channels
-        for i, (c, k) in enumerate(zip(channels, kernels)):
-            params[f"conv{i}"] = _conv_init(keys[i], k, c_in, c)
-            if activation == "prelu":
-                params[f"conv{i}"]["slope"] = jnp.full((c,), 0.25, jnp.float32)
-            c_in = c
-        for j, (a, b) in enumerate(zip(dense_sizes[:-1], dense_sizes[1:])):
-            params[f"dense{j}"] = _dense_init(keys[len(channels) + j], a, b)
+        params = {}
+        for layer, k in zip(trainable, jax.random.split(key, len(trainable))):
+            if layer["kind"] == "conv":
+                p = _conv_init(k, layer["kernel"], layer["in"], layer["out"])
+            elif layer["kind"] == "depthwise":
+                p = _depthwise_init(k, layer["kernel"], layer["channels"])
+            else:
+                p = _dense_init(k, layer["in"], layer["out"])
+            if layer.get("activation") == "prelu":
+                p["slope"] = jnp.full(p["b"].shape, 0.25, jnp.float32)
+            params[layer["name"]] = p
         return params
 
     def apply(params, x):
-        h = x
-        for i, pool in enumerate(pools):
-            layer = params[f"conv{i}"]
-            h = conv2d(h, layer["w"], layer["b"], conv_impl)
-            h = prelu(h, layer["slope"]) if activation == "prelu" else jax.nn.relu(h)
-            if pool:
+        h = x.reshape(x.shape[0], *in_shape)
+        for layer in layers:
+            kind = layer["kind"]
+            if kind == "flatten":
+                h = h.reshape(h.shape[0], -1)
+                continue
+            if kind == "gap":
+                h = h.mean(axis=(1, 2))
+                continue
+            p = params[layer["name"]]
+            if kind == "conv":
+                h = conv2d(h, p["w"], p["b"], conv_impl)
+            elif kind == "depthwise":
+                h = depthwise2d(h, p["w"], p["b"], conv_impl)
+            else:
+                h = h @ p["w"] + p["b"]
+            h = _activate(h, layer.get("activation", "none"), p)
+            if layer.get("pool"):
                 h = maxpool2(h)
-        h = h.reshape(h.shape[0], -1)
-        for j in range(len(dense_sizes) - 1):
-            layer = params[f"dense{j}"]
-            h = h @ layer["w"] + layer["b"]
-            if j < len(dense_sizes) - 2:
-                h = jax.nn.relu(h)
         return h
 
+    return Model(name, init, apply, description, {"input_shape": list(in_shape), "layers": layers})
+
+
+def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
+        pools: Sequence[bool], hidden: Sequence[int] = (), activation: str = "relu",
+        n_out: int = 10, in_size: int = 28, in_channels: int = 1,
+        conv_impl: str = "slice", separable: bool = False, gap: bool = False) -> Model:
+    """VALID convs (optionally pooled), then dense layers, then ``n_out`` logits.
+
+    ``activation='prelu'`` gives one learned slope per conv channel (init 0.25).
+    ``separable=True``: every conv after the first is depthwise-separable: a
+    k x k depthwise conv ``dw{i}`` (one filter and one bias per input channel,
+    no activation), then a 1x1 conv ``conv{i}`` with bias, the activation and
+    the pool. ``gap=True``: global average pooling over space instead of
+    flatten, so the first dense layer sees ``channels[-1]`` features.
+    """
+    if activation not in ("relu", "prelu"):
+        raise ValueError(f"activation={activation!r}; valid: relu, prelu")
+    if not len(channels) == len(kernels) == len(pools) >= 1:
+        raise ValueError(f"model {name}: channels {tuple(channels)}, kernels {tuple(kernels)} "
+                         f"and pools {tuple(pools)} need one entry per conv")
+    side = _conv_out(in_size, kernels, pools)
+    if side < 1:
+        raise ValueError(f"model {name}: kernels {kernels} leave no spatial extent")
+    flat = channels[-1] if gap else side * side * channels[-1]
+    dense_sizes = [flat, *hidden, n_out]
+
     desc = (f"conv {list(channels)} k{list(kernels)} pool{[int(p) for p in pools]} "
-            f"-> {'-'.join(map(str, dense_sizes))} {activation}")
+            f"-> {'-'.join(map(str, dense_sizes))} {activation}"
+            + (" separable" if separable else "") + (" gap" if gap else ""))
     layers, c_in = [], in_channels
     for i, (c, k, p) in enumerate(zip(channels, kernels, pools)):
+        if separable and i > 0:
+            layers.append({"kind": "depthwise", "name": f"dw{i}", "kernel": int(k),
+                           "channels": int(c_in)})
+            k = 1
         layers.append({"kind": "conv", "name": f"conv{i}", "kernel": int(k), "in": int(c_in),
                        "out": int(c), "activation": activation, "pool": bool(p)})
         c_in = c
-    layers.append({"kind": "flatten"})
+    layers.append({"kind": "gap"} if gap else {"kind": "flatten"})
     layers += [{"kind": "dense", "name": f"dense{j}", "in": a, "out": b,
                 "activation": "relu" if j < len(dense_sizes) - 2 else "none"}
                for j, (a, b) in enumerate(zip(dense_sizes[:-1], dense_sizes[1:]))]
     arch = {"input_shape": [in_size, in_size, in_channels], "layers": layers}
-    return Model(name, init, apply, desc, arch)
+    return _layers_model(name, arch, desc, conv_impl)
 
 
-def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", **kw) -> Model:
-    """The neural-golf family: 3 convs, pool after conv 1 and 2, linear to 10."""
-    name = f"golf_c{'-'.join(map(str, channels))}_k{'-'.join(map(str, kernels))}_{activation}"
-    return cnn(name, channels, kernels, (True, True, False), activation=activation, **kw)
+def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", separable=False,
+             gap=False, pools=None, **kw) -> Model:
+    """The neural-golf family: VALID convs, pool after conv 1 and 2, linear to 10.
+
+    ``separable`` and ``gap`` as in ``cnn``; ``pools`` (one bool per conv)
+    defaults to a 2x2 max-pool after the first two convs. The name encodes
+    every choice, e.g. ``golf_c4-8-16_k5-3-3_prelu_sep_gap``; non-default
+    pools add ``_p110``-style suffixes.
+    """
+    default_pools = tuple(i < 2 for i in range(len(channels)))
+    pools = default_pools if pools is None else tuple(bool(p) for p in pools)
+    name = (f"golf_c{'-'.join(map(str, channels))}_k{'-'.join(map(str, kernels))}_{activation}"
+            + ("_sep" if separable else "") + ("_gap" if gap else ""))
+    if pools != default_pools:
+        name += "_p" + "".join(str(int(p)) for p in pools)
+    return cnn(name, channels, kernels, pools, activation=activation, separable=separable,
+               gap=gap, **kw)
 
 
 def from_arch(arch: dict, name: str = "from_arch") -> Model:
     """The Model an export ``arch`` describes (``{"input_shape", "layers"}``, or
     the full description stored in an exported file): same apply as the
     ``mlp``/``cnn`` model that wrote it, fresh uniform init."""
-    layers = [dict(layer) for layer in arch["layers"]]
-    in_shape = tuple(arch.get("input_shape") or arch["input"]["shape"])
-    for layer in layers:
-        if layer["kind"] not in ("conv", "flatten", "dense"):
-            raise ValueError(f"arch layer kind {layer['kind']!r}; valid: conv, flatten, dense")
-
-    def init(key):
-        params = {}
-        trainable = [layer for layer in layers if layer["kind"] != "flatten"]
-        for layer, k in zip(trainable, jax.random.split(key, len(trainable))):
-            if layer["kind"] == "conv":
-                params[layer["name"]] = _conv_init(k, layer["kernel"], layer["in"], layer["out"])
-                if layer["activation"] == "prelu":
-                    params[layer["name"]]["slope"] = jnp.full((layer["out"],), 0.25, jnp.float32)
-            else:
-                params[layer["name"]] = _dense_init(k, layer["in"], layer["out"])
-        return params
-
-    def apply(params, x):
-        h = x.reshape(x.shape[0], *in_shape)
-        for layer in layers:
-            if layer["kind"] == "flatten":
-                h = h.reshape(h.shape[0], -1)
-                continue
-            p = params[layer["name"]]
-            if layer["kind"] == "conv":
-                h = conv2d(h, p["w"], p["b"])
-            else:
-                h = h @ p["w"] + p["b"]
-            act = layer["activation"]
-            h = prelu(h, p["slope"]) if act == "prelu" else jax.nn.relu(h) if act == "relu" else h
-            if layer.get("pool"):
-                h = maxpool2(h)
-        return h
-
-    return Model(name, init, apply, f"from arch: {len(layers)} layers",
-                 {"input_shape": list(in_shape), "layers": layers})
+    in_shape = arch.get("input_shape") or arch["input"]["shape"]
+    return _layers_model(name, {"input_shape": in_shape, "layers": arch["layers"]},
+                         f"from arch: {len(arch['layers'])} layers")
 
 
 # ---------------------------------------------------------------- registry
@@ -239,6 +289,8 @@ _REGISTRY: dict[str, Callable[[], Model]] = {
     # Neural golf reference members.
     "golf_relu": lambda: golf_cnn(activation="relu"),
     "golf_prelu": lambda: golf_cnn(activation="prelu"),
+    # Depthwise-separable convs 2 and 3, global average pooling (606 params).
+    "golf_sep_gap": lambda: golf_cnn((4, 8, 16), (5, 3, 3), "prelu", separable=True, gap=True),
 }
 
 
@@ -265,6 +317,33 @@ def num_params(params) -> int:
 def param_count(model: Model) -> int:
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     return num_params(shapes)
+
+
+def param_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
+    """``{"conv0/w": (k, k, in, out), ...}``: every parameter an arch implies
+    (biases and PReLU slopes included), without building or tracing a model."""
+    shapes = {}
+    for layer in arch["layers"]:  # flatten and gap hold no parameters
+        n = layer.get("name")
+        if layer["kind"] == "conv":
+            k = layer["kernel"]
+            shapes[f"{n}/w"] = (k, k, layer["in"], layer["out"])
+            shapes[f"{n}/b"] = (layer["out"],)
+        elif layer["kind"] == "depthwise":
+            k = layer["kernel"]
+            shapes[f"{n}/w"] = (k, k, layer["channels"])
+            shapes[f"{n}/b"] = (layer["channels"],)
+        elif layer["kind"] == "dense":
+            shapes[f"{n}/w"] = (layer["in"], layer["out"])
+            shapes[f"{n}/b"] = (layer["out"],)
+        if layer.get("activation") == "prelu":
+            shapes[f"{n}/slope"] = shapes[f"{n}/b"]
+    return shapes
+
+
+def arch_param_count(arch: dict) -> int:
+    """Dense parameter count of an arch; equals ``param_count`` of its model."""
+    return int(sum(math.prod(s) for s in param_shapes(arch).values()))
 
 
 def main():

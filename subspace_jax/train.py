@@ -66,7 +66,10 @@ def make_optimizer(tcfg, hp, total_steps: int, steps_per_epoch: int):
         schedule = optax.cosine_decay_schedule(lr, total_steps)
     elif tcfg.schedule == "warmup_cosine":
         warmup = max(1, int(tcfg.warmup_epochs * steps_per_epoch))
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+        # lr times a unit-peak schedule: optax checks peak_value == 0 in Python,
+        # which a learning rate vmapped over runs (a tracer) cannot answer.
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1))
+        schedule = lambda step: lr * unit(step)
     else:
         raise ValueError(f"Unknown train.schedule {tcfg.schedule!r}; valid: {', '.join(SCHEDULES)}.")
     wd = hp["weight_decay"]

@@ -124,3 +124,13 @@ def test_unknown_optimizer_or_schedule(synthetic, dat, field, value):
     run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
     with pytest.raises(ValueError, match=f"train.{field}"):
         jax.eval_shape(run, jax.random.key(0), train.default_hp(cfg), dat)
+
+
+def test_warmup_cosine_takes_a_vmapped_learning_rate(synthetic, dat):
+    cfg = tcfg(schedule="warmup_cosine", warmup_epochs=1)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    hp = hp_rows(cfg, 2, learning_rate=np.float32([0.0, 0.01]))
+    out = vectorize.vmapped(run, vectorize.run_keys([0]), hp, dat)
+    loss = np.asarray(out.history["train_loss"])[0]  # rows x epochs
+    assert np.allclose(loss[0, 0], loss[0, 1])       # lr 0: the weights never move
+    assert loss[1, 1] < loss[0, 1]                   # lr 0.01 learns

@@ -26,6 +26,13 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
     * W[i, j, c, o]``; then the activation (prelu: ``y`` if ``y >= 0`` else
     ``slope[o] * y``); then, if ``pool``, 2x2 max-pooling with stride 2 that
     drops an odd last row/column (floor mode).
+  - ``{"kind": "depthwise", "name": "dw1", "kernel": k, "channels": C}``: a
+    stride-1 "valid" depthwise convolution, one k x k filter per channel,
+    ``y[h, w, c] = b[c] + sum_{i, j} x[h + i, w + j, c] * W[i, j, c]``; no
+    activation, no pooling. (A depthwise-separable conv is this layer followed
+    by a ``conv`` layer with ``kernel`` 1.)
+  - ``{"kind": "gap"}``: global average pooling, ``H x W x C`` to the vector
+    of the ``C`` channel means over all positions.
   - ``{"kind": "flatten"}``: ``H x W x C`` to a vector in row-major order
     (channel fastest).
   - ``{"kind": "dense", "name": "dense0", "in": n, "out": m,
@@ -36,7 +43,10 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
   ones (biases and PReLU slopes included): the count a pruned model claims.
 * One float32 array per parameter, named ``<layer name>/<param>``:
   ``conv*/w`` (``k x k x in x out``), ``conv*/b`` (``out``), ``conv*/slope``
-  (``out``, prelu only), ``dense*/w`` (``in x out``), ``dense*/b`` (``out``).
+  (``out``, prelu only), ``dw*/w`` (``k x k x channels``), ``dw*/b``
+  (``channels``), ``dense*/w`` (``in x out``), ``dense*/b`` (``out``).
+  (Parameters are found by the layer's ``name``; the prefixes are the
+  convention of the files this repository writes.)
 
 The checker recounts the non-zero parameters from the arrays (it does not
 trust ``nonzero_params``) and reads the MNIST test IDX files itself (gzip
@@ -97,6 +107,12 @@ def conv_valid(x_NHWC, w_KKCO, b_O):
     return np.einsum("nhwcij,ijco->nhwo", win, w_KKCO, optimize=True) + b_O
 
 
+def depthwise_valid(x_NHWC, w_KKC, b_C):
+    k = w_KKC.shape[0]
+    win = np.lib.stride_tricks.sliding_window_view(x_NHWC, (k, k), axis=(1, 2))
+    return np.einsum("nhwcij,ijc->nhwc", win, w_KKC, optimize=True) + b_C
+
+
 def maxpool2(x_NHWC):
     n, h, w, c = x_NHWC.shape
     x = x_NHWC[:, :h // 2 * 2, :w // 2 * 2]
@@ -120,6 +136,11 @@ def forward(desc: dict, arrays: dict[str, np.ndarray], x_NHWC: np.ndarray) -> np
                 raise ValueError(f"unknown conv activation {layer['activation']!r}")
             if layer["pool"]:
                 h = maxpool2(h)
+        elif kind == "depthwise":
+            n = layer["name"]
+            h = depthwise_valid(h, p[n + "/w"], p[n + "/b"])
+        elif kind == "gap":
+            h = h.mean(axis=(1, 2))
         elif kind == "flatten":
             h = h.reshape(h.shape[0], -1)
         elif kind == "dense":

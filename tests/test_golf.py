@@ -1,0 +1,242 @@
+"""Neural golf: separable/gap layers (counts, export, NumPy checker) and experiments/golf.py."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import golf
+from subspace_jax import data, export, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location(
+        "check_model", os.path.join(ROOT, "tools", "check_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Counts by hand (w + b + PReLU slopes):
+# sep_gap: conv0 5*5*1*4+4+4, dw1 3*3*4+4, conv1 4*8+8+8, dw2 3*3*8+8, conv2 8*16+16+16,
+#   dense 16*10+10.
+# sep: conv0 5*5*3+3, dw1 4*4*3+3, conv1 3*6+6, dw2 3*3*6+6, conv2 6*8+8; sizes
+#   28->24->12->9->4->2: dense 2*2*8*10+10.
+# gap_p101: conv0 5*5*4+4+4, conv1 3*3*4*8+8+8, conv2 3*3*8*12+12+12, dense 12*10+10.
+SPECS = {
+    "sep_gap": (lambda: models.get("golf_sep_gap"), 108 + 40 + 48 + 80 + 160 + 170),
+    "sep": (lambda: models.golf_cnn((3, 6, 8), (5, 4, 3), "relu", separable=True),
+            78 + 51 + 24 + 60 + 56 + 330),
+    "gap_p101": (lambda: models.golf_cnn((4, 8, 12), (5, 3, 3), "prelu", gap=True,
+                                         pools=(True, False, True)), 108 + 304 + 888 + 130),
+}
+
+
+def _random_params(model, seed=1):
+    """Random values for every parameter the arch implies (slopes away from 0.25,
+    so a transposed or misnamed array would show in the outputs); NumPy only:
+    compiling ``init`` costs seconds on a busy CPU."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in models.param_shapes(model.arch).items():
+        layer, name = key.split("/")
+        params.setdefault(layer, {})[name] = 0.5 * rng.standard_normal(shape).astype(np.float32)
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_counts_are_exact(name):
+    build, count = SPECS[name]
+    model = build()
+    shapes = jax.eval_shape(model.init, jax.random.key(0))    # what init builds, untraced
+    assert models.num_params(shapes) == models.param_count(model) == count
+    assert models.arch_param_count(model.arch) == count
+    assert jax.tree.structure(shapes) == jax.tree.structure(_random_params(model))
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    assert jax.eval_shape(model.apply, shapes, x).shape == (2, 10)
+
+
+def test_golf_family_keeps_old_names_and_layers():
+    assert models.golf_cnn(activation="prelu").name == "golf_c4-5-4_k4-3-3_prelu"
+    assert [layer["kind"] for layer in models.get("golf_relu").arch["layers"]] == [
+        "conv", "conv", "conv", "flatten", "dense"]
+    kinds = [layer["kind"] for layer in models.get("golf_sep_gap").arch["layers"]]
+    assert kinds == ["conv", "depthwise", "conv", "depthwise", "conv", "gap", "dense"]
+    assert models.get("golf_sep_gap").name == "golf_c4-8-16_k5-3-3_prelu_sep_gap"
+
+
+def test_depthwise_slice_equals_lax_conv():
+    kx, kw, kb = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (2, 11, 9, 3))
+    w = jax.random.normal(kw, (4, 4, 3))
+    b = jax.random.normal(kb, (3,))
+    np.testing.assert_allclose(models.depthwise2d(x, w, b, "slice"),
+                               models.depthwise2d(x, w, b, "lax"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_numpy_forward_equals_apply_and_load_round_trip(name, tmp_path):
+    model = SPECS[name][0]()
+    params = _random_params(model)
+    path = str(tmp_path / "m.npz")
+    desc = export.export_model(path, model, params)
+    assert desc["dense_params"] == SPECS[name][1]
+
+    check = _checker()
+    loaded, arrays = check.load_model(path)
+    images_NxHxW = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    x = check.normalise(images_NxHxW, loaded)
+    want = jax.jit(model.apply)(params, np.asarray(x, np.float32))
+    np.testing.assert_allclose(check.forward(loaded, arrays, x), want, atol=1e-4, rtol=1e-4)
+
+    again, again_params = export.load_model(path)
+    np.testing.assert_allclose(jax.jit(again.apply)(again_params, np.asarray(x, np.float32)),
+                               want, atol=1e-5, rtol=1e-5)
+    assert (jax.tree.structure(jax.eval_shape(again.init, jax.random.key(0)))
+            == jax.tree.structure(params))
+
+
+def test_depthwise_nonzero_count_and_shape_check(tmp_path):
+    model = models.get("golf_sep_gap")
+    params = _random_params(model)
+    params["dw1"]["w"][0] = 0.0                               # 3*4 = 12 weights pruned
+    desc = export.export_model(str(tmp_path / "m.npz"), model, params)
+    assert (desc["dense_params"], desc["nonzero_params"]) == (606, 606 - 12)
+    assert _checker().nonzero_count(_checker().load_model(str(tmp_path / "m.npz"))[1]) == 594
+    params["dw2"]["w"] = params["dw2"]["w"][..., :4]
+    with pytest.raises(ValueError, match="do not match"):
+        export.export_model(str(tmp_path / "bad.npz"), model, params)
+
+
+# ---------------------------------------------------------------- experiment
+def _quick_cfg():
+    cfg = golf.get_config(quick=True)
+    cfg.data.source = "synthetic"
+    cfg.data.val_size = 128
+    cfg.data.train_size = 0
+    return cfg
+
+
+def test_quick_end_to_end_resume_and_export(tmp_path):
+    cfg = _quick_cfg()
+    summary = golf.run(cfg, str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md",
+                 "accuracy_vs_params.png", "golf.npz", "runs/search_config.json",
+                 "runs/batch_0000.json", "runs/batch_0001.json", "runs/final.json"):
+        assert (tmp_path / name).exists(), name
+    trials = [t for b in (0, 1) for t in
+              json.loads((tmp_path / "runs" / f"batch_{b:04d}.json").read_text())["trials"]]
+    assert [t["number"] for t in trials] == list(range(len(trials)))
+    trained = [t for t in trials if t["role"] != "rejected"]
+    assert len(trained) == 4 and all(t["dense_params"] <= cfg.budget for t in trained)
+    assert all("test_acc" not in t for t in trials)       # the search never sees test
+    lrs = {t["params"]["learning_rate"] for t in trained}
+    assert len(lrs) == 4                                  # followers differ in lr
+
+    final = summary["final"]
+    assert final["seeds"] == 2 and len(final["per_seed"]) == 2
+    assert final["dense_params"] == 250 and 0 <= final["test_acc_mean"] <= 1
+    assert "| golf_c3-4-6_k4-3-3_prelu_sep_gap | 250 |" in (tmp_path / "summary.md").read_text()
+
+    # golf.npz is seed 0's kept params: the NumPy checker reproduces its test accuracy.
+    check = _checker()
+    desc, arrays = check.load_model(str(tmp_path / "golf.npz"))
+    ds = data.from_config(cfg.data)
+    images = np.round((ds.test_x[..., 0] * data.STD + data.MEAN) * 255).astype(np.uint8)
+    acc = float((check.forward(desc, arrays, check.normalise(images, desc)).argmax(-1)
+                 == ds.test_y).mean())
+    seed0 = next(r for r in final["per_seed"] if r["seed"] == 0)
+    assert abs(acc - seed0["test_acc"]) < 1e-6
+    assert check.nonzero_count(arrays) == desc["nonzero_params"] == seed0["nonzero_params"]
+
+    # Resumed: nothing retrains, the export is rebuilt from the records.
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    batch0 = (tmp_path / "runs" / "batch_0000.json").read_text()
+    (tmp_path / "golf.npz").unlink()
+    again = golf.run(cfg, str(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    assert (tmp_path / "runs" / "batch_0000.json").read_text() == batch0
+    assert again == json.loads((tmp_path / "summary.json").read_text())
+    assert again["final"] == json.loads(json.dumps(summary["final"]))
+    assert (tmp_path / "golf.npz").exists()
+
+    cfg.space.learning_rate = (1e-3, 1e-2)    # a different search: refused, files untouched
+    with pytest.raises(ValueError, match="config.space"):
+        golf.run(cfg, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["space"]["learning_rate"] == [
+        0.01, 0.05]
+
+
+def test_budget_is_respected_before_training_and_asks_are_deterministic():
+    cfg = golf.get_config()
+    cfg.budget = 200
+    history, n_rejected = [], 0
+    for batch in (0, 2):                           # a random batch, then a TPE batch
+        asked, rejected = golf.ask_batch(cfg, golf.make_study(cfg, batch, history), batch)
+        again, _ = golf.ask_batch(cfg, golf.make_study(cfg, batch, history), batch)
+        assert [p for _, p in asked] == [p for _, p in again]
+        leader = asked[0][1]
+        reason, n = golf.check_budget(cfg, leader)
+        assert reason is None and n <= 200
+        assert all(r["status"] in ("over_budget", "invalid_shape") for r in rejected)
+        assert all(golf.check_budget(cfg, r["params"])[0] == r["status"] for r in rejected)
+        n_rejected += len(rejected)
+        assert all(golf.static_params(p) == golf.static_params(leader) for _, p in asked)
+        assert len({p["learning_rate"] for _, p in asked}) == cfg.search.trials_per_batch
+        # As run_batch records them: the next batch's study is rebuilt from these.
+        history += rejected + [{"number": t.number, "state": "complete", "value": 0.5,
+                                "params": p} for t, p in asked]
+    assert n_rejected > 0   # most of the space is over 200 params
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("budget", 0, r"config\.budget=0"),
+    ("budget", 50, r"config\.budget=50: the smallest model"),
+    ("final_seeds", 0, r"config\.final_seeds"),
+    ("targets", (1.5,), r"config\.targets"),
+    ("space.channels", ((4, 2), (2, 16), (2, 24)), r"config\.space\.channels\[0\]"),
+    ("space.kernels", ((3, 7), (2, 5)), r"config\.space\.channels, kernels and pools"),
+    ("space.activations", ("tanh",), r"config\.space\.activations"),
+    ("space.gap", (), r"config\.space\.gap is empty"),
+    ("space.batch_sizes", (0,), r"config\.space\.batch_sizes"),
+    ("space.schedules", ("linear",), r"config\.space\.schedules"),
+    ("space.learning_rate", (0.0, 0.1), r"config\.space\.learning_rate"),
+    ("space.weight_decay", (0.0, 1e-3), r"config\.space\.weight_decay"),
+    ("search.trials_per_batch", 0, r"config\.search\.trials_per_batch"),
+    ("search.batches", 0, r"config\.search\.batches"),
+])
+def test_bad_config_values_name_the_field(field, value, match, tmp_path):
+    cfg = golf.get_config()
+    *parents, leaf = field.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        golf.run(cfg, str(tmp_path))
+    assert not (tmp_path / "config.json").exists()   # refused before anything is written
+
+
+def test_batch_size_larger_than_training_set_names_the_field(tmp_path):
+    cfg = _quick_cfg()
+    cfg.space.batch_sizes = (5000,)
+    with pytest.raises(ValueError, match=r"config\.space\.batch_sizes"):
+        golf.run(cfg, str(tmp_path))
+
+
+def test_a_failed_batch_is_recorded_and_never_stops_the_search(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(golf, "train_rows", boom)     # no training, no compilation
+    summary = golf.run(_quick_cfg(), str(tmp_path))
+    assert summary["search"]["failed"] == 4 and summary["final"] is None
+    for b in (0, 1):
+        record = json.loads((tmp_path / "runs" / f"batch_{b:04d}.json").read_text())
+        assert "boom" in record["error"]
+        assert {t["status"] for t in record["trials"]} == {"failed"}
+    assert (tmp_path / "summary.md").exists() and not (tmp_path / "golf.npz").exists()
