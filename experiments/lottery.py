@@ -29,8 +29,10 @@ summary.json, summary.md, lottery.png, and the exported ticket: ``ticket.npz``
 ``python tools/check_model.py WORKDIR/ticket.npz``) plus ``ticket_report.md``
 (per-layer sparsity, non-zero parameters and FLOPs). The ticket is the first
 seed's network at the sparsest level of the first rewind point whose mean
-validation accuracy over seeds still reaches the dense run's (the densest
-level with the best validation accuracy if none does); chosen on validation.
+decision-half validation accuracy over seeds still reaches the dense run's
+(the densest level with the best one if none does). The split that chooses
+never decides: each run's epoch is chosen on the first half of the validation
+split, the level is decided on the second half (``train.py``).
 ``runs/<unit>.theta_seed<first seed>.npy`` keeps that seed's kept params of
 every level (rows x levels x D) so the choice can be re-made without training.
 """
@@ -121,46 +123,54 @@ def units_for(cfg, ds, dat, wd):
           "densities": np.tile(level_densities(cfg).astype(np.float32), (len(lrs), 1))}
     units = []
     for k in cfg.rewind_epochs:
-        def unit(k=int(k)):
+        def unit(uid, k=int(k)):
             run = P.make_pruning_run(model, cfg.train, pcfg, len(ds.train_y), imp=True,
                                      control=cfg.control, rewind_epoch=k,
                                      input_shape=ds.train_x.shape[1:])
             out = jax.device_get(vectorize.vmapped(run, vectorize.run_keys(cfg.seeds), hp, dat))
-            masks.save_npz(wd.file(f"runs/{cfg.model}_imp_rewind{k}.masks.npz"),
+            masks.save_npz(wd.file(f"runs/{uid}.masks.npz"),
                            {f"imp/rewind{k}": out[f"imp/rewind{k}"].mask}, lay)
-            wd.save_npy(_theta_file(cfg, k), np.asarray(out[f"imp/rewind{k}"].theta[0], np.float32))
+            wd.save_npy(_theta_file(cfg, uid),
+                        np.asarray(out[f"imp/rewind{k}"].theta[0], np.float32))
             return P.unit_records(out, cfg.seeds, hp, lay, fpw, {"model": cfg.model})
-        units.append((f"{cfg.model}_imp_rewind{k}", unit))
+        units.append(sweep.Unit(f"{cfg.model}_imp_rewind{k}",
+                                {**sweep.config_except(cfg, "rewind_epochs"), "rewind": k}, unit))
     return units
 
 
-def _theta_file(cfg, k: int) -> str:
-    return f"runs/{cfg.model}_imp_rewind{k}.theta_seed{cfg.seeds[0]}.npy"
+def _theta_file(cfg, uid: str) -> str:
+    return f"runs/{uid}.theta_seed{cfg.seeds[0]}.npy"
 
 
 def choose_ticket(cfg, table: list[dict]) -> dict | None:
-    """The table row of the ticket to export (see the module docstring)."""
+    """The table row of the ticket to export (see the module docstring).
+
+    Each run's epoch was chosen on the first validation half (``val_acc``);
+    the comparison with the dense run that decides the level uses the second
+    half (``decide_acc``), which chose nothing.
+    """
     method = f"imp/rewind{int(cfg.rewind_epochs[0])}"
-    dense = [r for r in table if r["method"] == "dense" and r["val_acc_mean"] is not None]
-    rows = [r for r in table if r["method"] == method and r["val_acc_mean"] is not None]
+    dense = [r for r in table if r["method"] == "dense" and r["decide_acc_mean"] is not None]
+    rows = [r for r in table if r["method"] == method and r["decide_acc_mean"] is not None]
     if not rows:
         return None
     if dense:
-        good = [r for r in rows if r["val_acc_mean"] >= dense[0]["val_acc_mean"]]
+        good = [r for r in rows if r["decide_acc_mean"] >= dense[0]["decide_acc_mean"]]
         if good:
             return min(good, key=lambda r: r["density_target"])
-    return max(rows, key=lambda r: (r["val_acc_mean"], r["density_target"]))
+    return max(rows, key=lambda r: (r["decide_acc_mean"], r["density_target"]))
 
 
-def export_ticket(cfg, wd, row: dict, ds) -> dict:
-    """Writes ticket.npz and ticket_report.md for the first seed at ``row``."""
+def export_ticket(cfg, wd, uid: str, row: dict, ds) -> dict:
+    """Writes ticket.npz and ticket_report.md for the first seed at ``row``
+    (``uid``: the unit of the first rewind point)."""
     k = int(cfg.rewind_epochs[0])
     model = models.get(cfg.model)
     lay = masks.model_layout(model, tuple(prune_cfg(cfg).prunable))
     level = int(np.argmin(np.abs(level_densities(cfg) - row["density_target"])))
     lr_row = int(np.argmin(np.abs(np.asarray(cfg.learning_rates, float) - row["learning_rate"])))
-    theta_D = np.load(wd.file(_theta_file(cfg, k)))[lr_row, level]
-    named, _ = masks.load_npz(wd.file(f"runs/{cfg.model}_imp_rewind{k}.masks.npz"))
+    theta_D = np.load(wd.file(_theta_file(cfg, uid)))[lr_row, level]
+    named, _ = masks.load_npz(wd.file(f"runs/{uid}.masks.npz"))
     mask_D = named[f"imp/rewind{k}"][0, lr_row, level]
     if np.any(theta_D[mask_D == 0] != 0):
         raise AssertionError("a pruned weight of the ticket is not zero")
@@ -194,24 +204,29 @@ def run(cfg, workdir: str) -> dict:
     records = [r for unit in results.values() for r in unit]
     table = P.summarise(records)
     summary = {"model": cfg.model, "published": PUBLISHED, "table": table,
-               "failed_units": [u for u, _ in units if u not in results]}
+               "failed_units": [u.name for u in units if u.name not in results]}
     dense = [r for r in table if r["method"] == "dense"]
     lines = [f"IMP on {cfg.model}: accuracy (%) at the best validation epoch and that epoch "
              f"(early stop), mean ± sd over {len(cfg.seeds)} seeds.", "",
-             "| method | weights kept % | val acc % | test acc % | early-stop epoch |",
-             "|---|---:|---:|---:|---:|"]
+             "| method | weights kept % | val acc % (chooses epoch) | val acc % (decides level) "
+             "| test acc % | early-stop epoch | seeds ok / diverged |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     order = lambda r: (r["method"] != "dense", r["method"], -r["density_target"])
     for row in sorted(table, key=order):
-        lines.append(f"| {row['method']} | {100 * row['density_mean']:.2f} | "
+        kept = "-" if row["density_mean"] is None else f"{100 * row['density_mean']:.2f}"
+        lines.append(f"| {row['method']} | {kept} | "
                      f"{sweep.fmt_pct(row['val_acc_mean'], row['val_acc_sd'])} | "
+                     f"{sweep.fmt_pct(row['decide_acc_mean'], row['decide_acc_sd'])} | "
                      f"{sweep.fmt_pct(row['test_acc_mean'], row['test_acc_sd'])} | "
-                     f"{_fmt(row['best_epoch_mean'], row['best_epoch_sd'])} |")
+                     f"{_fmt(row['best_epoch_mean'], row['best_epoch_sd'])} | "
+                     f"{row['seeds']} / {row['diverged']} |")
     lines += ["", f"Published: {PUBLISHED}"]
     if dense:
         summary["dense_test_acc"] = dense[0]["test_acc_mean"]
     ticket = choose_ticket(cfg, table)
-    if ticket is not None and os.path.exists(wd.file(_theta_file(cfg, int(cfg.rewind_epochs[0])))):
-        summary["ticket"] = export_ticket(cfg, wd, ticket, ds)
+    first = units[0].id  # the unit of rewind_epochs[0], whose ticket is exported
+    if ticket is not None and os.path.exists(wd.file(_theta_file(cfg, first))):
+        summary["ticket"] = export_ticket(cfg, wd, first, ticket, ds)
         lines += ["", f"Exported ticket: ticket.npz (level {summary['ticket']['level']}, "
                       f"{summary['ticket']['nonzero_params']:,} non-zero parameters); "
                       "per-layer report in ticket_report.md."]

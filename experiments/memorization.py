@@ -284,8 +284,14 @@ class Study:
         self._subspace_ticker = EpochTicker("subspace", cfg.subspace_train.epochs)
 
     # -- teachers
+    def teacher_depends(self, f):
+        cfg = self.cfg
+        return {"data": cfg.data, "label_fraction": f, "hidden": cfg.hidden,
+                "seeds": tuple(cfg.seeds), "train": cfg.train}
+
     def teacher_file(self, f):
-        return f"runs/teacher_{_tag(f)}.params.npy"
+        uid = sweep.unit_id(f"teacher_{_tag(f)}", self.teacher_depends(f))
+        return f"runs/{uid}.params.npy"
 
     def teacher_params(self, f):
         return np.load(self.wd.file(self.teacher_file(f)))
@@ -398,15 +404,28 @@ class Study:
             row["arm"] = "subspace"
         return records, rows
 
-    def units(self):
-        fracs = [float(f) for f in self.cfg.label_fractions]
-        units = [(f"teacher_{_tag(f)}", lambda f=f: self.teacher_unit(f)) for f in fracs]
-        units += [(f"distill_{kind}_{_tag(f)}", lambda f=f, k=kind: self.distill_unit(f, k))
-                  for f, kind in _chains(self.cfg)]
-        units += [(f"prune_{_tag(f)}", lambda f=f: self.prune_unit(f)) for f in fracs]
-        units += [(f"subspace_{self.cfg.projection}_{_tag(f)}",
-                   lambda f=f: self.subspace_unit(f))
-                  for f in fracs if f in {float(x) for x in self.cfg.subspace_fractions}]
+    def units(self) -> list[sweep.Unit]:
+        cfg = self.cfg
+        fracs = [float(f) for f in cfg.label_fractions]
+        # Units that read a teacher depend on the teacher's unit (its file's name carries its id).
+        teacher = lambda f: {"teacher": self.teacher_file(f)}
+        units = [sweep.Unit(f"teacher_{_tag(f)}", self.teacher_depends(f),
+                            lambda _, f=f: self.teacher_unit(f)) for f in fracs]
+        units += [sweep.Unit(f"distill_{kind}_{_tag(f)}",
+                             {**teacher(f), "distill": cfg.distill, "sizes": self.sizes,
+                              "noise": kind},
+                             lambda _, f=f, k=kind: self.distill_unit(f, k))
+                  for f, kind in _chains(cfg)]
+        units += [sweep.Unit(f"prune_{_tag(f)}",
+                             {**teacher(f), "densities": cfg.densities, "mode": cfg.prune_mode,
+                              "finetune": cfg.finetune},
+                             lambda _, f=f: self.prune_unit(f)) for f in fracs]
+        units += [sweep.Unit(f"subspace_{cfg.projection}_{_tag(f)}",
+                             {**self.teacher_depends(f), "train": cfg.subspace_train,
+                              "dims": cfg.dims, "projection": cfg.projection,
+                              "lrs": cfg.subspace_learning_rates},
+                             lambda _, f=f: self.subspace_unit(f))
+                  for f in fracs if f in {float(x) for x in cfg.subspace_fractions}]
         return units
 
 
@@ -778,7 +797,7 @@ def run(cfg, workdir: str) -> dict:
 
     D = models.param_count(study.model)
     summary = summarise(cfg, results, study.sizes, D)
-    summary["failed_units"] = [u for u, _ in units if u not in results]
+    summary["failed_units"] = [u.name for u in units if u.name not in results]
     summary["conclusion"] = conclusion(cfg, summary)
     wd.write_json("summary.json", summary)
     text = markdown(cfg, summary)

@@ -116,7 +116,7 @@ def units_for(cfg, ds, dat, wd):
     hp = _hp(cfg)
     units = []
     for name in cfg.models:
-        def unit(name=name):
+        def unit(uid, name=name):
             model = models.get(name)
             lay = masks.model_layout(model, tuple(cfg.prune.prunable))
             run = P.make_pruning_run(model, cfg.train, cfg.prune, n_train,
@@ -124,7 +124,7 @@ def units_for(cfg, ds, dat, wd):
                                      iterative=tuple(cfg.iterative), imp=cfg.imp,
                                      collapse=bool(cfg.at_init), input_shape=shape)
             out = jax.device_get(vectorize.vmapped(run, vectorize.run_keys(cfg.seeds), hp, dat))
-            masks.save_npz(wd.file(f"runs/{name}.masks.npz"),
+            masks.save_npz(wd.file(f"runs/{uid}.masks.npz"),
                            {k: v.mask for k, v in out.items()
                             if getattr(v, "mask", None) is not None}, lay)
             labels = {"model": name}
@@ -132,7 +132,8 @@ def units_for(cfg, ds, dat, wd):
                                            masks.flops_per_weight(model, shape), labels)
             records += P.collapse_records(out, cfg.seeds, hp["collapse_densities"][0], lay, labels)
             return records, rows
-        units.append((name, unit))
+        units.append(sweep.Unit(name, {**sweep.config_except(cfg, "models"), "model": name},
+                                unit))
     return units
 
 
@@ -157,7 +158,7 @@ def run(cfg, workdir: str) -> dict:
     units = units_for(cfg, ds, dat, wd)
     results = sweep.run_units(wd, units, "pruning_compare")
 
-    summary = {"models": {}, "failed_units": [u for u, _ in units if u not in results]}
+    summary = {"models": {}, "failed_units": [u.name for u in units if u.name not in results]}
     lines = []
     for name in cfg.models:
         records = results.get(name, [])

@@ -74,7 +74,7 @@ def units_for(cfg, ds, dat):
         D = models.param_count(model)
         dims = sorted({min(int(d), D) for d in cfg.dims})
 
-        def full(model=model, D=D):
+        def full(uid, model=model, D=D):
             run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
                                  EpochTicker(f"{model.name} full", cfg.train.epochs))
             lrs = np.asarray(cfg.full_learning_rates, np.float32)
@@ -82,7 +82,7 @@ def units_for(cfg, ds, dat):
                   "d_active": np.zeros(len(lrs), np.int32)}
             return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": np.full(len(lrs), D)})
 
-        def sub(model=model, dims=dims):
+        def sub(uid, model=model, dims=dims):
             tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
             tcfg.batch_size = cfg.subspace_batch_size
             run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train,
@@ -97,18 +97,24 @@ def units_for(cfg, ds, dat):
             hp["weight_decay"] = np.full(len(hp["d_active"]), cfg.train.weight_decay, np.float32)
             return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": hp["d_active"]})
 
-        units.append((f"{name}_full", full))
-        units.append((f"{name}_subspace_{cfg.projection}", sub))
+        common = {"model": name, "data": cfg.data, "train": cfg.train,
+                  "seeds": tuple(cfg.seeds)}
+        units.append(sweep.Unit(f"{name}_full", {**common, "lrs": cfg.full_learning_rates},
+                                full))
+        units.append(sweep.Unit(f"{name}_subspace_{cfg.projection}",
+                                {**common, "lrs": cfg.subspace_learning_rates, "dims": dims,
+                                 "projection": cfg.projection,
+                                 "batch_size": cfg.subspace_batch_size}, sub))
     return units
 
 
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
     wd, ds, dat = sweep.prepare(cfg, workdir)
-    results = sweep.run_units(wd, units_for(cfg, ds, dat), "subspace_sweep")
+    units = units_for(cfg, ds, dat)
+    results = sweep.run_units(wd, units, "subspace_sweep")
 
-    summary = {"models": {}, "failed_units": [u for u, _ in units_for(cfg, ds, dat)
-                                              if u not in results]}
+    summary = {"models": {}, "failed_units": [u.name for u in units if u.name not in results]}
     lines = ["| model | params D | d | lr | val acc % | test acc % | seeds |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name in cfg.models:

@@ -80,7 +80,7 @@ def units_for(cfg, wd, ds, dat):
     n_train = len(ds.train_y)
     units = []
     for name in cfg.models:
-        def unit(name=name):
+        def unit(uid, name=name):
             model = models.get(name)
             run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
                                  EpochTicker(name, cfg.train.epochs))
@@ -92,19 +92,21 @@ def units_for(cfg, wd, ds, dat):
             records, rows = sweep.run_unit(with_params(run), cfg.seeds, hp, dat, labels)
             thetas = [r.pop("theta") for r in records]
             theta0_RxD = np.stack([t for r, t in zip(records, thetas) if r["seed"] == 0])
-            wd.save_npy(_theta_file(name), theta0_RxD.astype(np.float32))
+            wd.save_npy(_theta_file(uid), theta0_RxD.astype(np.float32))
             return records, rows
-        units.append((name, unit))
+        units.append(sweep.Unit(name, {"model": name, "data": cfg.data, "train": cfg.train,
+                                       "seeds": tuple(cfg.seeds), "lrs": cfg.learning_rates},
+                                unit))
     return units
 
 
-def export_seed0(wd, name: str, records: list[dict], chosen_lr: float) -> dict:
+def export_seed0(wd, name: str, uid: str, records: list[dict], chosen_lr: float) -> dict:
     """Writes ``<name>.npz`` from seed 0's params at the chosen learning rate."""
     model = models.get(name)
     _, unravel = ravel_pytree(model.init(jax.random.key(0)))  # only the structure is used
     lrs = [r["learning_rate"] for r in records if r["seed"] == 0]  # row order of the unit
     row = int(np.argmin(np.abs(np.asarray(lrs, float) - chosen_lr)))
-    theta_D = np.load(wd.file(_theta_file(name)))[row]
+    theta_D = np.load(wd.file(_theta_file(uid)))[row]
     return export.export_model(wd.file(f"{name}.npz"), model, unravel(theta_D))
 
 
@@ -132,7 +134,8 @@ def figure(table: dict, subtitle: str):
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
     wd, ds, dat = sweep.prepare(cfg, workdir)
-    results = sweep.run_units(wd, units_for(cfg, wd, ds, dat), "zoo")
+    units = {u.name: u for u in units_for(cfg, wd, ds, dat)}
+    results = sweep.run_units(wd, list(units.values()), "zoo")
 
     summary = {"models": {}, "failed_units": [n for n in cfg.models if n not in results]}
     lines = ["| model | params | lr | val acc % | test acc % | published test % | seeds |",
@@ -144,7 +147,7 @@ def run(cfg, workdir: str) -> dict:
         if row["seeds"] and any(r["seed"] == 0 and r["status"] == "ok"
                                 and r["learning_rate"] == row["learning_rate"]
                                 for r in results[name]):
-            desc = export_seed0(wd, name, results[name], row["learning_rate"])
+            desc = export_seed0(wd, name, units[name].id, results[name], row["learning_rate"])
             row["exported"] = {"file": f"{name}.npz", "nonzero_params": desc["nonzero_params"]}
         row["published_test_acc"] = PUBLISHED.get(name)
         summary["models"][name] = row

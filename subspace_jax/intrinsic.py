@@ -10,6 +10,10 @@ S for every d). The search is:
    in log d; the new d's of all thresholds are measured together (one
    vmapped program per round in the experiment).
 
+Only finished runs count: a diverged run is NaN in ``acc_S`` and is left out
+of every mean (``nanmean``) and bootstrap resample; a d with no finished run
+is left out of the curve (no estimate there).
+
 Estimates: ``d`` is the smallest measured d whose mean over seeds reaches the
 threshold; ``d_interp`` the first crossing of the mean curve, linear in
 log d between the bracketing points; the confidence interval is a percentile
@@ -25,10 +29,17 @@ import numpy as np
 
 
 def as_arrays(curve: Mapping[int, Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """``{d: acc_S}`` -> ``(d_K, acc_KxS)`` sorted by d."""
-    d_K = np.asarray(sorted(curve), dtype=np.int64)
+    """``{d: acc_S}`` -> ``(d_K, acc_KxS)`` sorted by d, without the d's whose
+    runs all diverged (NaN); other NaNs (diverged seeds) stay."""
+    d_K = np.asarray(sorted(d for d in curve if np.isfinite(np.asarray(curve[d], float)).any()),
+                     dtype=np.int64)
     acc_KxS = np.asarray([np.asarray(curve[d], float) for d in d_K], float).reshape(len(d_K), -1)
     return d_K, acc_KxS
+
+
+def seed_means(acc_KxS) -> np.ndarray:
+    """Mean over the finished (finite) seeds of each d."""
+    return np.nanmean(acc_KxS, axis=1)
 
 
 def crossing(d_K, acc_xK, threshold: float) -> np.ndarray:
@@ -82,7 +93,7 @@ def next_candidates(curve: Mapping[int, Sequence[float]], thresholds: Sequence[f
                     points: int) -> list[int]:
     """The unmeasured d's of one bisection round, for all thresholds together."""
     d_K, acc_KxS = as_arrays(curve)
-    mean_K = acc_KxS.mean(1)
+    mean_K = seed_means(acc_KxS)
     new = set()
     for threshold in thresholds:
         b = bracket(d_K, mean_K, threshold)
@@ -117,11 +128,14 @@ def search(evaluate: Callable[[list[int], str], Mapping[int, Sequence[float]] | 
 def bootstrap_crossings(d_K, acc_KxS, threshold: float, samples: int = 1000,
                         seed: int = 0) -> np.ndarray:
     """``d_interp`` of ``samples`` curves whose seeds are resampled, per d, with
-    replacement (the seeds of different d's are resampled independently)."""
+    replacement (the seeds of different d's are resampled independently; only
+    the finished, finite ones)."""
     acc_KxS = np.asarray(acc_KxS, float)
-    K, S = acc_KxS.shape
-    idx_BxKxS = np.random.default_rng(seed).integers(0, S, size=(samples, K, S))
-    mean_BxK = np.take_along_axis(np.broadcast_to(acc_KxS, (samples, K, S)), idx_BxKxS, 2).mean(2)
+    rng = np.random.default_rng(seed)
+    mean_BxK = np.empty((samples, len(acc_KxS)))
+    for k, acc_S in enumerate(acc_KxS):
+        ok = acc_S[np.isfinite(acc_S)]
+        mean_BxK[:, k] = ok[rng.integers(0, len(ok), size=(samples, len(ok)))].mean(1)
     return crossing(d_K, mean_BxK, threshold)
 
 
@@ -134,7 +148,7 @@ def estimate(curve: Mapping[int, Sequence[float]], threshold: float, samples: in
     d already does (d_int <= it), else None.
     """
     d_K, acc_KxS = as_arrays(curve)
-    mean_K = acc_KxS.mean(1)
+    mean_K = seed_means(acc_KxS)
     d_pass = smallest_passing(d_K, mean_K, threshold)
     boot_B = bootstrap_crossings(d_K, acc_KxS, threshold, samples, seed)
     # inverted_cdf picks sample values: no interpolation with inf (censored) ones.
@@ -144,7 +158,8 @@ def estimate(curve: Mapping[int, Sequence[float]], threshold: float, samples: in
             "d_interp": float(crossing(d_K, mean_K, threshold)),
             "ci": [float(lo), float(hi)], "ci_level": float(level), "ci_samples": int(samples),
             "bracket": bracket(d_K, mean_K, threshold), "censored": censored,
-            "d_range": [int(d_K[0]), int(d_K[-1])], "seeds": int(acc_KxS.shape[1])}
+            "d_range": [int(d_K[0]), int(d_K[-1])], "seeds": int(acc_KxS.shape[1]),
+            "diverged_runs": int((~np.isfinite(acc_KxS)).sum())}
 
 
 def fmt_d(est: dict) -> str:

@@ -1,22 +1,55 @@
 """Running groups of vmapped runs as resumable units, and summarising them.
 
 A *unit* is one compiled program: one model and one static config, vmapped
-over seeds x a grid of hyperparameters. Each finished unit is written to
-``runs/<unit_id>.json`` and skipped on re-run; a unit that raises is recorded
-in ``runs/<unit_id>.failed.json`` and the sweep continues.
+over seeds x a grid of hyperparameters. Its id is its readable name plus a
+hash of everything its numbers depend on (``Unit.depends_on``: the data and
+train configs, seeds, grid, and the ids of units whose outputs it reads), so
+a workdir re-used with a changed config trains what changed and reuses only
+what did not. Each finished unit is written to ``runs/<id>.json`` and reused
+on re-run; a unit that raises is recorded in ``runs/<id>.failed.json`` and
+the sweep continues.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
-from subspace_jax import data, train, vectorize
-from subspace_jax.workdir import Progress, Workdir
+from subspace_jax import data, report, train, vectorize
+from subspace_jax.workdir import Progress, Workdir, to_jsonable
+
+
+def unit_id(name: str, depends_on: Any) -> str:
+    """``name`` plus a hash of ``depends_on`` (any JSON-able value or ConfigDict)."""
+    text = json.dumps(to_jsonable(depends_on), sort_keys=True)
+    return f"{name}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+
+def config_except(cfg, *fields: str) -> dict:
+    """The config as a dict without ``fields`` (those that enumerate units,
+    e.g. ``models``): for units that depend on every other field."""
+    return {k: v for k, v in to_jsonable(cfg).items() if k not in fields}
+
+
+class Unit(NamedTuple):
+    """One resumable piece of a sweep.
+
+    ``thunk(unit_id)`` runs it and returns ``(records, history rows)``; the id
+    names any side files it writes (``runs/<id>.*``), so they change with it.
+    """
+    name: str                 # readable; results are returned under it
+    depends_on: Any           # everything the unit's numbers depend on
+    thunk: Callable[[str], tuple[list, list]]
+
+    @property
+    def id(self) -> str:
+        return unit_id(self.name, self.depends_on)
 
 
 def prepare(cfg, workdir: str):
@@ -56,58 +89,57 @@ def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],
     return records, rows
 
 
-def run_units(wd: Workdir, units: Sequence[tuple[str, Callable[[], tuple[list, list]]]],
-              name: str) -> dict[str, list[dict]]:
-    """Runs ``(unit_id, thunk)`` units resumably; returns records by unit id."""
-    progress = Progress(len(units), name)
+def run_units(wd: Workdir, units: Sequence[Unit], label: str) -> dict[str, list[dict]]:
+    """Runs ``units`` resumably; returns records by unit name (failed ones absent).
+
+    A unit is reused only when a record with its id (name + hash of what it
+    depends on) exists, so a changed config never returns old results.
+    """
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        raise ValueError(f"unit names must be unique, got {names}")
+    progress = Progress(len(units), label)
     results = {}
-    for unit_id, thunk in units:
-        done = wd.run_record(unit_id)
+    for unit in units:
+        uid = unit.id
+        done = wd.run_record(uid)
         if done is not None:
-            results[unit_id] = done["records"]
-            progress.step(unit_id, skipped=True)
+            results[unit.name] = done["records"]
+            progress.step(uid, skipped=True)
             continue
         t0 = time.time()
         try:
-            records, rows = thunk()
+            records, rows = unit.thunk(uid)
         except Exception as e:  # noqa: BLE001 - one failed unit never ends the sweep
-            wd.write_json(f"runs/{unit_id}.failed.json",
+            wd.write_json(f"runs/{uid}.failed.json",
                           {"error": repr(e), "traceback": traceback.format_exc()})
-            progress.step(f"{unit_id} FAILED: {e!r}", time.time() - t0)
+            progress.step(f"{uid} FAILED: {e!r}", time.time() - t0)
             continue
         for row in rows:
-            row["unit"] = unit_id
-        wd.finish_run(unit_id, {"unit": unit_id, "seconds": time.time() - t0,
-                                "records": records}, rows)
-        results[unit_id] = wd.run_record(unit_id)["records"]
-        progress.step(unit_id, time.time() - t0)
+            row["unit"] = uid
+        wd.finish_run(uid, {"unit": uid, "depends_on": unit.depends_on,
+                            "seconds": time.time() - t0, "records": records}, rows)
+        results[unit.name] = wd.run_record(uid)["records"]
+        progress.step(uid, time.time() - t0)
     return results
 
 
 def select_and_summarise(records: Sequence[dict], group_by: str, select_by: str = "learning_rate",
                          metric: str = "val_acc") -> list[dict]:
-    """Per ``group_by`` value, picks the ``select_by`` value with the best mean
-    validation metric over seeds (diverged runs count as failures), then
-    reports mean and sd over seeds of validation and test accuracy.
-    Test accuracy is never used to choose.
+    """Per ``group_by`` value, chooses the ``select_by`` value on ``metric``
+    (``report.choose``: fewest diverged seeds, then best mean of the ok ones),
+    then reports mean and sd over the ok seeds of the chosen value; diverged
+    seeds are counted beside. Test accuracy is never used to choose.
     """
     table = []
     for g in sorted({r[group_by] for r in records}):
         group = [r for r in records if r[group_by] == g]
-        best, best_score = None, -np.inf
-        for option in sorted({r[select_by] for r in group}):
-            runs = [r for r in group if r[select_by] == option]
-            score = np.mean([r[metric] if r["status"] == "ok" and r[metric] is not None
-                             else -np.inf for r in runs])
-            if best is None or score > best_score:
-                best, best_score = option, score
-        chosen = [r for r in group if r[select_by] == best and r["status"] == "ok"]
-        row = {group_by: g, select_by: best, "seeds": len(chosen),
-               "diverged": sum(r["status"] != "ok" for r in group)}
-        for key in ("val_acc", "test_acc", "train_acc"):
-            vals = np.asarray([r[key] for r in chosen], float)
-            row[key + "_mean"] = float(vals.mean()) if len(vals) else None
-            row[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0 if len(vals) else None
+        options = {o: [r for r in group if r[select_by] == o] for o in {r[select_by] for r in group}}
+        best = report.choose(options, metric)
+        chosen = options.get(best, [])
+        row = {group_by: g, select_by: best,
+               **report.stats(chosen, ("val_acc", "decide_acc", "test_acc", "train_acc"))}
+        row["seeds"] = row.pop("ok")
         table.append(row)
     return table
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from subspace_jax import intrinsic
+from subspace_jax import intrinsic, sweep
 
 GRID = (50, 100, 200, 400, 800, 1600)
 
@@ -99,6 +99,22 @@ def test_bootstrap_interval_contains_estimate_and_narrows_with_seeds():
     assert est["ci"][0] <= 1000 <= est["ci"][1]  # covers the true crossing here
 
 
+def test_diverged_runs_enter_no_mean_or_resample():
+    d_K = [100, 200, 400, 800]
+    acc_K = linear_in_log(d_K, 300)
+    clean = {d: [a, a, a] for d, a in zip(d_K, acc_K)}
+    # One seed diverged at 400 (NaN), every seed at 800: counted as 0 it would
+    # pull the mean at 400 below the threshold and move d_int90 up.
+    broken = {**clean, 400: [acc_K[2], np.nan, acc_K[2]], 800: [np.nan] * 3}
+    est, ref = intrinsic.estimate(broken, 0.9), intrinsic.estimate(clean, 0.9)
+    assert est["d"] == ref["d"] == 400
+    assert est["d_interp"] == pytest.approx(ref["d_interp"])
+    assert est["ci"] == pytest.approx(ref["ci"])  # constant seeds: every resample agrees
+    assert est["d_range"] == [100, 400] and est["diverged_runs"] == 1
+    assert intrinsic.next_candidates(broken, [0.9], 1) == intrinsic.next_candidates(
+        {d: v for d, v in clean.items() if d != 800}, [0.9], 1)
+
+
 def test_censored_estimates():
     far = intrinsic.estimate(noisy_curve(3, cross=1e5), 0.9, samples=100)
     assert far["d"] is None and far["censored"] == "above" and far["ci"][1] == np.inf
@@ -119,7 +135,7 @@ def test_config_choices():
     # Another data variant never reuses a finished unit of the first.
     other = exp.get_config()
     other.data.permute_pixels = True
-    assert exp.unit_id("m", "grid", cfg.data, 1) != exp.unit_id("m", "grid", other.data, 1)
+    assert sweep.unit_id("m", cfg.data) != sweep.unit_id("m", other.data)
     for field, value in (("measure_on", "test"), ("projection", "nope"), ("grid", (0, 10))):
         bad = exp.get_config(quick=True)
         bad[field] = value
@@ -145,9 +161,11 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path):
     assert 0 < m["thresholds"]["individual"] <= 0.9 * 1.0 + 1e-9
     for baseline in ("global", "individual"):
         est = m["d_int90"][baseline]
-        passing = [d for d, r in rows.items() if r["val_acc_mean"] >= est["threshold"]]
-        # The decision uses validation accuracy only.
+        passing = [d for d, r in rows.items() if r["decide_acc_mean"] >= est["threshold"]]
+        # The decision uses the validation half that chose no epoch.
         assert est["d"] == (min(passing) if passing else None)
+    full = m["full"]
+    assert m["thresholds"]["individual"] == pytest.approx(0.9 * full["decide_acc_mean"])
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["models"]["zoo_fc16"]["d_int90"]["global"]["ci_level"] == 0.9
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -156,3 +174,14 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path):
     again = exp.run(cfg, str(tmp_path))  # everything finished: nothing is retrained
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines
     assert again["models"]["zoo_fc16"]["d_int90"] == m["d_int90"]
+
+    # A changed config into the same workdir trains again: no old result returns.
+    cfg.train.learning_rate = 1e30  # the full-space baseline diverges
+    cfg.grid, cfg.bisection_rounds = (16, 64), 0
+    changed = exp.run(cfg, str(tmp_path))["models"]["zoo_fc16"]
+    assert changed["full"]["diverged"] == 3 and changed["full"]["decide_acc_mean"] is None
+    # A diverged baseline gives no individual threshold (never a threshold of 0).
+    assert "individual" not in changed["thresholds"] and "individual" not in changed["d_int90"]
+    assert "diverged" in changed["no_estimate"]["individual"]
+    assert "no estimate" in (tmp_path / "summary.md").read_text()
+    assert {r["d"] for r in changed["curve"]} == {16, 64}

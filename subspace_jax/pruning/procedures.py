@@ -47,7 +47,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
-from subspace_jax import train
+from subspace_jax import report, train
 from subspace_jax.pruning import masks, scorers
 
 AT_INIT = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -401,28 +401,23 @@ def collapse_records(out: dict, seeds: Sequence[int], densities: np.ndarray, lay
 
 
 def summarise(records: Sequence[dict], select_by: str = "learning_rate") -> list[dict]:
-    """Per (method, density_target): the ``select_by`` value with the best mean
-    validation accuracy over seeds, then mean and sd over seeds of validation,
-    test and train accuracy, kept density, non-zero params, flops and best epoch.
-    Test accuracy is never used to choose.
+    """Per (method, density_target): the ``select_by`` value chosen on validation
+    (``report.choose``), then mean and sd over its ok seeds of validation,
+    decision-half, test and train accuracy, kept density, non-zero params,
+    flops and best epoch; diverged seeds are counted beside. Test accuracy is
+    never used to choose.
     """
     table = []
     for method in sorted({r["method"] for r in records}):
         group = [r for r in records if r["method"] == method]
         for target in sorted({r["density_target"] for r in group}, reverse=True):
             at = [r for r in group if r["density_target"] == target]
-            options = sorted({r[select_by] for r in at})
-            score = lambda o: np.mean([r["val_acc"] if r["status"] == "ok" else -np.inf
-                                       for r in at if r[select_by] == o])
-            best = max(options, key=score)  # first best on ties (options sorted)
-            chosen = [r for r in at if r[select_by] == best and r["status"] == "ok"]
+            options = {o: [r for r in at if r[select_by] == o] for o in {r[select_by] for r in at}}
+            best = report.choose(options, "val_acc")
             row = {"method": method, "density_target": target, select_by: best,
-                   "seeds": len(chosen), "diverged": sum(r["status"] != "ok" for r in at)}
-            for key in ("val_acc", "test_acc", "train_acc", "density", "nonzero", "flops",
-                        "best_epoch"):
-                vals = np.asarray([r[key] for r in chosen], float)
-                row[key + "_mean"] = float(vals.mean()) if len(vals) else None
-                row[key + "_sd"] = (None if not len(vals) else
-                                    float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+                   **report.stats(options.get(best, []),
+                                  ("val_acc", "decide_acc", "test_acc", "train_acc", "density",
+                                   "nonzero", "flops", "best_epoch"))}
+            row["seeds"] = row.pop("ok")
             table.append(row)
     return table
