@@ -76,7 +76,7 @@ import ml_collections
 import numpy as np
 
 from subspace_jax import config as C
-from subspace_jax import data, distill, models, sweep, train, vectorize
+from subspace_jax import data, distill, models, report, sweep, train, vectorize
 from subspace_jax import plots  # noqa: F401  (selects the headless Agg backend first)
 from subspace_jax.pruning import masks, scorers
 from subspace_jax.workdir import EpochTicker, Workdir
@@ -179,13 +179,6 @@ def label_name(f: float) -> str:
 
 def _tag(f: float) -> str:
     return f"f{float(f):g}"
-
-
-def _mean_sd(values) -> tuple[float | None, float | None]:
-    v = np.asarray([x for x in values if x is not None], float)
-    if not len(v):
-        return None, None
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def _save_array(wd: Workdir, name: str, arr) -> None:
@@ -431,10 +424,8 @@ class Study:
 
 # ---------------------------------------------------------------- summaries
 def _summ(records, keys) -> dict:
-    ok = [r for r in records if r.get("status", "ok") == "ok"]
-    row = {"seeds": len(ok), "diverged": len(records) - len(ok)}
-    for k in keys:
-        row[k + "_mean"], row[k + "_sd"] = _mean_sd([r[k] for r in ok])
+    row = report.stats(records, keys)
+    row["seeds"] = row.pop("ok")
     return row
 
 
@@ -486,8 +477,8 @@ def summarise(cfg, results: dict, sizes: list[int], D: int) -> dict:
         # slowly even in full space, so the final teacher would be an unfair bar.
         teacher_recs = results.get(f"teacher_{_tag(f)}", [])
         budget = int(cfg.subspace_train.epochs)
-        full = _mean_sd([r["history_train_acc"][min(budget, len(r["history_train_acc"])) - 1]
-                         for r in teacher_recs])[0] if teacher_recs else None
+        full = report.mean_sd([r["history_train_acc"][min(budget, len(r["history_train_acc"])) - 1]
+                         for r in teacher_recs if report.is_ok(r)])[0]  # None: no ok teacher
         final = out["teachers"].get(label_name(f), {}).get("train_acc_mean")
         entry = {"table": table, "full_space_same_epochs": full, "full_space_final": final}
         for name, ref in (("", full), ("_final", final)):

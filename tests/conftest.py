@@ -12,3 +12,12 @@ if ROOT not in sys.path:  # experiments/ and launch.py live at the repo root
 def synthetic():
     from subspace_jax import data
     return data.load(source="synthetic", val_size=128, synthetic_size=512)
+
+
+def unit_file(workdir, name: str, suffix: str = ".json"):
+    """The one ``runs/<name>_<hash><suffix>`` of a finished unit (ids carry a config hash)."""
+    import re
+    runs = os.path.join(str(workdir), "runs")
+    pattern = re.compile(re.escape(name) + r"_[0-9a-f]{10}" + re.escape(suffix) + "$")
+    (found,) = [f for f in os.listdir(runs) if pattern.match(f)]
+    return os.path.join(runs, found)

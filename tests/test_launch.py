@@ -39,6 +39,15 @@ def test_subspace_sweep_quick_end_to_end_and_resume(tmp_path):
     assert second.stdout.count("skipped (already finished)") == 4
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines
 
+    # A changed config into the same workdir: the subspace units depend on the
+    # subspace dims, the full-space units do not, so only those are reused.
+    third = launch(*args, "--config.dims=(10,50)")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("skipped (already finished)") == 2
+    changed = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["d"] for r in changed["models"]["zoo_fc16"]["subspace"]] == [10, 50]
+    assert changed["models"]["zoo_fc16"]["full"] == summary["models"]["zoo_fc16"]["full"]
+
 
 def test_unknown_experiment_lists_valid_ones():
     r = launch("--experiment=nope")

@@ -153,3 +153,12 @@ def test_quick_experiment_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().out.count("skipped (already finished)") == len(
         os.listdir(tmp_path / "runs")) - len(cfg.label_fractions)  # minus teacher .npy files
     assert again["conclusion"] == summary["conclusion"]
+    # A changed pruning config retrains the pruning units only; the teachers
+    # and what was distilled from them are reused.
+    n_units = len(os.listdir(tmp_path / "runs")) - len(cfg.label_fractions)
+    cfg.densities = (0.2,)
+    capsys.readouterr()
+    changed = memorization.run(cfg, str(tmp_path))
+    out = capsys.readouterr().out
+    assert out.count("skipped (already finished)") == n_units - len(cfg.label_fractions)
+    assert [r["density_target"] for r in changed["pruning"]["real"]] == [0.2]

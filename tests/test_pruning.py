@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from conftest import unit_file
 from subspace_jax import config as C
 from subspace_jax import export, models, train, vectorize
 from subspace_jax.pruning import masks, scorers
@@ -284,7 +285,7 @@ def test_lottery_quick_end_to_end(tmp_path):
     methods = {r["method"] for r in summary["table"]}
     assert methods == {"dense", "imp/rewind0", "imp_control/rewind0"}
     # Masks: nested across levels, exact per-layer counts (output layer at its own rate).
-    named, lay = masks.load_npz(str(tmp_path / "runs" / "lenet_300_100_imp_rewind0.masks.npz"))
+    named, lay = masks.load_npz(unit_file(tmp_path, "lenet_300_100_imp_rewind0", ".masks.npz"))
     m = named["imp/rewind0"]  # [seeds, rows, levels, D]
     assert m.shape[:3] == (len(cfg.seeds), 1, cfg.levels)
     for seed_levels in m[:, 0]:
@@ -306,6 +307,11 @@ def test_lottery_quick_end_to_end(tmp_path):
     # Resuming skips the finished unit.
     summary2, _ = _quick(lottery, tmp_path)
     assert summary2["table"] == json.loads(json.dumps(summary["table"]))
+    # A changed config into the same workdir retrains: no old result returns.
+    cfg.rate = 0.6
+    changed = lottery.run(cfg, str(tmp_path))
+    kept = sorted({r["density_target"] for r in changed["table"] if r["method"] != "dense"})
+    assert kept == pytest.approx(sorted(0.4 ** np.arange(1, cfg.levels + 1)))
 
 
 def test_pruning_compare_quick_end_to_end(tmp_path):
@@ -327,6 +333,10 @@ def test_pruning_compare_quick_end_to_end(tmp_path):
             assert r["density_mean"] == kept / n_prunable
     assert {r["method"] for r in summary["models"][model]["collapse"]} == \
         {f"collapse/{s}" for s in cfg.at_init}
-    named, _ = masks.load_npz(str(tmp_path / "runs" / f"{model}.masks.npz"))
+    named, _ = masks.load_npz(unit_file(tmp_path, model, ".masks.npz"))
     for seed_levels in named[f"iterative/{cfg.iterative[0]}"][:, 0]:
         assert _nested(seed_levels)
+    # A changed config into the same workdir retrains: no old result returns.
+    cfg.densities = (0.2,)
+    changed = pruning_compare.run(cfg, str(tmp_path))["models"][model]["table"]
+    assert {r["density_target"] for r in changed if r["method"] != "dense"} == {0.2}
