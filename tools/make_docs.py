@@ -234,9 +234,10 @@ def variant_rows(root: str) -> list[list]:
     return rows
 
 
-def rerun_section(s: dict | None, previous: dict) -> list[str]:
+def rerun_section(s: dict | None, by_kind: dict, cfg: dict | None = None) -> list[str]:
     """The CPU re-run under the current protocol, or a line saying it is pending;
-    ``previous`` is the same projection kind's previous-protocol summary."""
+    ``by_kind`` holds the previous-protocol summaries by projection kind, ``cfg``
+    the re-run's config.json."""
     head = ["## Re-run under the current protocol, CPU", ""]
     if s is None:
         return head + [f"Pending: fc_200_200 with the sparse projection is being re-run on "
@@ -244,6 +245,8 @@ def rerun_section(s: dict | None, previous: dict) -> list[str]:
                        "Until then no intrinsic_dimension number here was made under the "
                        "current protocol.", ""]
     est_rows, curve_rows, compare = [], [], []
+    kind = next(iter(s["models"].values()))["projection"]
+    previous = by_kind.get(kind, {"models": {}})
     for name, m in s["models"].items():
         old = previous["models"].get(name)
         for baseline, est in m["d_int90"].items():
@@ -267,10 +270,13 @@ def rerun_section(s: dict | None, previous: dict) -> list[str]:
                                pct(r["decide_acc_mean"], r["decide_acc_sd"]),
                                pct(r["test_acc_mean"], r["test_acc_sd"]),
                                r.get("ok", r["seeds"]), r["diverged"]])
-    kind = next(iter(s["models"].values()))["projection"]
+    setup = "" if cfg is None else (
+        f" Config: models {', '.join(cfg['models'])}, projection {cfg['projection']}, "
+        f"{len(cfg['seeds'])} seeds, {cfg['train']['epochs']} epochs, grid "
+        f"{', '.join(f'{d:,}' for d in cfg['grid'])}, {cfg['bisection_rounds']} bisection rounds.")
     return head + [
-        NEW, "",
-        f"Machine: {CPU_MACHINE}. Data: `docs/results/{CPU_RERUN}/summary.json`.", "",
+        protocol([s]), "",
+        f"Machine: {CPU_MACHINE}. Data: `docs/results/{CPU_RERUN}/summary.json`.{setup}", "",
         *table(["model", "baseline", "threshold %", "d_int90 [90% CI]", "crossing (interp.)",
                 "decided on"], est_rows, "llrrrl"), "",
         *table(["model", "d", "phase", "val acc % (chooses epoch)",
@@ -282,7 +288,7 @@ def rerun_section(s: dict | None, previous: dict) -> list[str]:
                 "current: first d, test mean >= threshold"], compare, "llrrrr"), ""]
 
 
-CPU_MACHINE = "this project's 2-core x86_64 CPU (AMD EPYC), sharded over both cores"
+CPU_MACHINE = "this project's 2-core x86_64 CPU (AMD EPYC), jax 0.10.2"
 
 
 def intrinsic_dimension(root: str) -> str:
@@ -307,8 +313,8 @@ def intrinsic_dimension(root: str) -> str:
                 "the three intervals overlap pairwise." if not pairs else
                 "the intervals of " + "; ".join(pairs) + " do not overlap."))
     gaps = bias(by_kind)
-    cpu = load(root, f"{CPU_RERUN}/summary.json") if exists(root, f"{CPU_RERUN}/summary.json") \
-        else None
+    cpu, cpu_cfg = ((load(root, f"{CPU_RERUN}/{f}.json") if exists(root, f"{CPU_RERUN}/{f}.json")
+                     else None) for f in ("summary", "config"))
     commands = """
 python launch.py --experiment=intrinsic_dimension                                   # dense P
 python launch.py --experiment=intrinsic_dimension --config.projection=sparse \\
@@ -352,7 +358,10 @@ python tools/plot_intrinsic.py runs/intrinsic_dimension runs/intrinsic_dimension
                     variant_rows(root), "lllllrrrr"), "",
              figure("intrinsic_dimension_shuffled_pixels_conv.png", "shuffled pixels, conv"),
              figure("intrinsic_dimension_random_labels_fc.png", "random labels, FC"), "",
-             *rerun_section(cpu, by_kind["sparse"])]
+             *rerun_section(cpu, by_kind, cpu_cfg)]
+    pngs = sorted(f for f in os.listdir(os.path.join(root, RESULTS, CPU_RERUN))
+                  if f.endswith(".png")) if cpu else []
+    body += [f"![CPU re-run]({CPU_RERUN}/{f})" for f in pngs] + ([""] if pngs else [])
     return page("intrinsic_dimension: d_int90 with intervals, three projection kinds",
                 "intrinsic_dimension", commands, body)
 
@@ -683,8 +692,11 @@ def integrity(root: str) -> list[str]:
                      + " on test against " + ", ".join(f"{r['d_val']:,}" for r in rs)
                      + " on validation")
     rel = f"{CPU_RERUN}/summary.json"
+    what = "intrinsic_dimension for fc_200_200 with the sparse projection on the CPU"
     if exists(root, rel):
         m = load(root, rel)["models"]
+        what = (f"intrinsic_dimension for {', '.join(m)} with the "
+                f"{next(iter(m.values()))['projection']} projection on the CPU")
         status = ("done: d_int90 " + "; ".join(
             f"{name} {b} {d_text(e)}" for name, mm in m.items() for b, e in mm["d_int90"].items())
             + f" (`docs/results/{CPU_RERUN}/`)")
@@ -693,8 +705,7 @@ def integrity(root: str) -> list[str]:
     return ["On the committed intrinsic-dimension runs of fc_200_200 the first d whose test mean "
             "reaches the threshold is " + "; ".join(parts) + " "
             "([the bias table](docs/results/intrinsic_dimension.md#bias)). Re-run under the "
-            "current protocol: intrinsic_dimension for fc_200_200 with the sparse projection "
-            f"on the CPU, {status}. Not re-run: every other result."]
+            f"current protocol: {what}, {status}. Not re-run: every other result."]
 
 
 def readme(root: str) -> str:
