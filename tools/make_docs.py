@@ -439,8 +439,7 @@ def pruning_compare(root: str) -> str:
                       reverse=True)
         cell = {(r["method"], r["density_target"]): r for r in m["table"]}
         dense = cell[("dense", 1.0)]
-        rows = [["dense (100%)", pct(dense["test_acc_mean"], dense["test_acc_sd"], 1)]
-                + [""] * (len(dens) - 1)]
+        rows = []
         for meth in METHODS[1:]:
             rows.append([meth] + [pct(cell[(meth, d)]["test_acc_mean"],
                                       cell[(meth, d)]["test_acc_sd"], 1)
@@ -449,6 +448,8 @@ def pruning_compare(root: str) -> str:
                              for c in sorted(m["collapse"],
                                              key=lambda c: c["max_compression_min"]))
         body += [f"## {name} ({m['params']:,} parameters)", "",
+                 f"Dense (100% kept): {pct(dense['test_acc_mean'], dense['test_acc_sd'])}% "
+                 f"test over {dense['seeds']} seeds.", "",
                  *table(["method", *[f"{100 * d:g}%" for d in dens]], rows,
                         "l" + "r" * len(dens)), "",
                  "Layer collapse (unguarded at-init masks; the largest compression 1/density "
