@@ -386,15 +386,9 @@ def lottery(root: str) -> str:
                   + [f"{by[m][lv]['best_epoch_mean']:.1f}" if lv in by[m] else "-"
                      for m in label] for lv in levels]
     ticket, control = by["imp/rewind0"], by["imp_control/rewind0"]
-    below = [lv for lv in levels if ticket[lv]["test_acc_mean"] < dense["test_acc_mean"]]
     earlier = sum(ticket[lv]["best_epoch_mean"] < control[lv]["best_epoch_mean"] for lv in levels)
     te = [ticket[lv]["best_epoch_mean"] for lv in levels]
     ce = [control[lv]["best_epoch_mean"] for lv in levels]
-    within = all(dense["test_acc_mean"] - ticket[lv]["test_acc_mean"]
-                 <= max(dense["test_acc_sd"], ticket[lv]["test_acc_sd"]) for lv in below)
-    below_text = "; ".join(f"{100 * ticket[lv]['density_mean']:.1f}% of the weights: "
-                           f"{pct(ticket[lv]['test_acc_mean'], ticket[lv]['test_acc_sd'])}"
-                           for lv in below)
     body = [
         f"Iterative magnitude pruning of {s['model']} with rewinding vs the same masks from a "
         "fresh init (control), 3 seeds; each training kept its best-validation epoch. Test "
@@ -403,12 +397,7 @@ def lottery(root: str) -> str:
         *table(["weights kept", *label.values()], rows, "rrrr"), "",
         figure("lottery.png", "lottery"), figure("lottery_rewind1.png", "lottery, rewind 1"), "",
         "What the table shows:", "",
-        f"* The ticket rewound to init scores below the dense net's mean at {len(below)} of "
-        f"{len(levels)} levels" + (f" ({below_text}; dense "
-                                   f"{pct(dense['test_acc_mean'], dense['test_acc_sd'])})"
-                                   if below else "") + (
-            "; each such gap is within the larger of the two sds." if below and within else "."),
-        f"* Mean best-validation epoch: tickets rewound to init {min(te):.1f}-{max(te):.1f}, control "
+        *[vs_dense(label[m], by[m], levels, dense) for m in label],         f"* Mean best-validation epoch: tickets rewound to init {min(te):.1f}-{max(te):.1f}, control "
         f"{min(ce):.1f}-{max(ce):.1f}; the ticket stopped earlier at {earlier} of {len(levels)} "
         "levels (the per-seed spread is large).", "",
         "Early-stop epoch (mean over seeds):", "",
@@ -421,6 +410,22 @@ python launch.py --experiment=lottery --config.rewind_epochs='(1,)' --config.con
 """
     return page("lottery: iterative magnitude pruning with rewinding (LeNet-300-100)",
                 "lottery", commands, body)
+
+
+def vs_dense(what: str, arm: dict, levels: list, dense: dict) -> str:
+    """How many levels of ``arm`` score below the dense mean, and by how much."""
+    have = [lv for lv in levels if lv in arm]
+    below = [lv for lv in have if arm[lv]["test_acc_mean"] < dense["test_acc_mean"]]
+    within = all(dense["test_acc_mean"] - arm[lv]["test_acc_mean"]
+                 <= max(dense["test_acc_sd"], arm[lv]["test_acc_sd"]) for lv in below)
+    listed = "; ".join(f"{100 * arm[lv]['density_mean']:.1f}%: "
+                       f"{pct(arm[lv]['test_acc_mean'], arm[lv]['test_acc_sd'])}" for lv in below)
+    text = f"* {what}: below the dense mean at {len(below)} of {len(have)} levels"
+    if not below:
+        return text + "."
+    return text + (f" ({listed})" if len(below) <= 3 else "") + (
+        "; each gap is within the larger of the two sds." if within
+        else "; some gaps exceed the larger of the two sds.")
 
 
 # ---------------------------------------------------------------- pruning_compare
