@@ -329,7 +329,8 @@ python tools/plot_intrinsic.py runs/intrinsic_dimension runs/intrinsic_dimension
         f"d_int90: the smallest measured d whose seed mean reaches the threshold "
         f"({len(settings['seeds'])} seeds per d, each with its own P, init and data order; "
         f"{settings['epochs']} epochs; coarse grid then bisection). In brackets: "
-        f"the interval of the interpolated crossing ({settings['ci']}); with 3 seeds it is too narrow "
+        f"the interval of the interpolated crossing ({settings['ci']}); with "
+        f"{len(settings['seeds'])} seeds it is too narrow "
         "(72% coverage for a nominal 90% in simulation, see the module docstring). "
         "Data: `docs/results/gpu_h100/intrinsic_dimension{,_sparse,_fastfood}/summary.json`.", "",
         "## d_int90 by projection kind (previous protocol: decided on validation)", "",
@@ -397,7 +398,9 @@ def lottery(root: str) -> str:
         *table(["weights kept", *label.values()], rows, "rrrr"), "",
         figure("lottery.png", "lottery"), figure("lottery_rewind1.png", "lottery, rewind 1"), "",
         "What the table shows:", "",
-        *[vs_dense(label[m], by[m], levels, dense) for m in label],         f"* Mean best-validation epoch: tickets rewound to init {min(te):.1f}-{max(te):.1f}, control "
+        *[vs_dense(label[m], by[m], levels, dense) for m in label],
+        f"* Mean best-validation epoch: tickets rewound to init {min(te):.1f}-{max(te):.1f}, "
+        "control "
         f"{min(ce):.1f}-{max(ce):.1f}; the ticket stopped earlier at {earlier} of {len(levels)} "
         "levels (the per-seed spread is large).", "",
         "Early-stop epoch (mean over seeds):", "",
@@ -494,27 +497,33 @@ def wann(root: str) -> str:
     def col(f):
         return [f(s) for s in runs.values()]
     rows = [["random shared weight U[-2, 2] (mean ± sd)",
-             *col(lambda s: pct(s["random_weight_test_acc_mean"], s["random_weight_test_acc_sd"], 1)),
+             *col(lambda s: pct(s["random_weight_test_acc_mean"],
+                                s["random_weight_test_acc_sd"], 1)),
              pct(pub["random_weight_acc_mean"], pub["random_weight_acc_sd"], 1)],
             ["best single shared weight (chosen on validation)",
-             *col(lambda s: f"{pct(s['best_weight_test_acc'], None, 1)} (w = {s['best_weight']:g})"),
+             *col(lambda s: f"{pct(s['best_weight_test_acc'], None, 1)} "
+                            f"(w = {s['best_weight']:g})"),
              pct(pub["best_weight_acc"], None, 1)],
-            ["ensemble over the shared weights", *col(lambda s: pct(s["ensemble_test_acc"], None, 1)),
+            ["ensemble over the shared weights",
+             *col(lambda s: pct(s["ensemble_test_acc"], None, 1)),
              pct(pub["ensemble_acc"], None, 1)],
             ["individually tuned weights", *col(lambda s: pct(s["tuned_test_acc"], None, 1)),
              pct(pub["tuned_acc"], None, 1)],
             ["connections", *col(lambda s: f"{s['connections']:,}"), f"~{pub['connections']:,}"],
-            ["population x generations", *col(lambda s: f"{s['population']} x {s['generations']:,}"),
+            ["population x generations",
+             *col(lambda s: f"{s['population']} x {s['generations']:,}"),
              f"{pub['population']} x {pub['generations']:,}"]]
     last = runs["2,048 generations"]
     met = last["ensemble_test_acc"] >= pub["ensemble_acc"]
     body = [f"Test accuracy %, one run (seed 0). Published: {pub['source']}. "
             "Data: `docs/results/gpu_h100/wann{,_2048}/summary.json`.", "",
             *table(["", *runs, "published"], rows, "lrrr"), "",
-            f"The ensemble accuracy after 2,048 generations is {pct(last['ensemble_test_acc'], None, 1)}% "
+            "The ensemble accuracy after 2,048 generations is "
+            f"{pct(last['ensemble_test_acc'], None, 1)}% "
             f"with {last['connections']:,} connections against the published "
             f"{pct(pub['ensemble_acc'], None, 1)}% with ~{pub['connections']:,}: the goal "
-            f"(the published accuracy with fewer connections) is {'met' if met else 'not met'}.", "",
+            "(the published accuracy with fewer connections) is "
+            f"{'met' if met else 'not met'}.", "",
             figure("wann_topology.png", "topology"), figure("wann_accuracy_vs_weight.png",
                                                             "accuracy vs shared weight"),
             figure("wann_generations.png", "over generations"), ""]
