@@ -1,18 +1,27 @@
 """Runs one experiment: python launch.py --experiment=subspace_sweep [--quick]
 [--workdir=DIR] [--config.FIELD=VALUE ...].
 
-Each experiment is ``experiments/NAME.py`` with ``get_config(quick)`` and
-``run(config, workdir)``; see README.md for what each writes.
+Each experiment is ``experiments/NAME.py`` with ``get_config(quick)``,
+``validate(config)`` and ``run(config, workdir)``; see README.md for what each
+writes.
+
+Bad input is caught before anything is written: the overrides' tuple types,
+``module.validate(config)``, then the data (``data.check``: options, files and
+their SHA-256, about 1 s). The project's own errors (``errors.InputError``:
+bad config, data or model file), there or later in ``run``, print ONE line on
+stderr and exit with code 2; any other exception is a bug and keeps its
+traceback.
 """
 
 import importlib
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import available
+from subspace_jax import checks, data, errors
 
 flags.DEFINE_string("experiment", None, f"one of: {', '.join(available())}")
 flags.DEFINE_bool("quick", False, "the experiment's seconds-long smoke form")
@@ -20,46 +29,66 @@ flags.DEFINE_string("workdir", None, "output directory (default: runs/<experimen
 FLAGS = flags.FLAGS
 
 
-def _fields(cfg, prefix=""):
-    for key, value in cfg.items():
-        if hasattr(value, "items"):
-            yield from _fields(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
-
-
 def check_overrides(cfg, argv) -> None:
     """Exits with the list of valid fields if an override names an unknown one."""
-    valid = sorted(_fields(cfg))
+    valid = sorted(path for path, _ in checks.fields(cfg))
     for arg in argv:
         if arg.startswith("--config."):
             field = arg[len("--config."):].split("=", 1)[0]
             if field not in valid:
-                sys.exit(f"launch.py: unknown config field {field!r} for experiment "
-                         f"{FLAGS.experiment}; valid fields: {', '.join(valid)}")
+                fail(f"unknown config field {field!r} for experiment {FLAGS.experiment}; "
+                     f"valid fields: {', '.join(valid)}")
+
+
+def fail(message) -> None:
+    """The one line of a user error, exit code 2."""
+    print("launch.py: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def validate(module, config, default) -> None:
+    """Everything checkable before the workdir exists; raises errors.InputError."""
+    checks.overrides(config, default)
+    module.validate(config)
+    if "data" in config:
+        data.check(config.data)
+
+
+def parse_flags(argv):
+    """absl's parsing, with a bad value (``--config.train.epochs=x``) as one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(e)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # JAX's INFO lines (no TPU, ...) would bury a one-line error
+        logging.set_verbosity(logging.WARNING)
     importlib.import_module("subspace_jax.vectorize").maybe_initialize_distributed()  # if JAX_* set
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join(
         "runs", FLAGS.experiment + ("_quick" if FLAGS.quick else ""))
     module = importlib.import_module(f"experiments.{FLAGS.experiment}")
-    print(f"experiment {FLAGS.experiment} -> {os.path.abspath(workdir)}", flush=True)
-    module.run(config, workdir)
+    try:
+        validate(module, config, module.get_config(FLAGS.quick))
+        print(f"experiment {FLAGS.experiment} -> {os.path.abspath(workdir)}", flush=True)
+        module.run(config, workdir)
+    except errors.InputError as e:
+        fail(e)
 
 
 if __name__ == "__main__":
     FLAGS(sys.argv, known_only=True)  # learn --experiment/--quick to build the config flag
     if FLAGS.experiment not in available():
-        sys.exit(f"launch.py: --experiment={FLAGS.experiment!r} is not an experiment; "
-                 f"valid: {', '.join(available())}")
+        fail(f"--experiment={FLAGS.experiment!r} is not an experiment; "
+             f"valid: {', '.join(available())}")
     config_module = importlib.import_module(f"experiments.{FLAGS.experiment}")
     config = config_module.get_config(FLAGS.quick)
     check_overrides(config, sys.argv[1:])
     config_flags.DEFINE_config_dict("config", config,
                                     "experiment config; override fields with --config.FIELD=VALUE")
     FLAGS.unparse_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -95,9 +95,11 @@ import numpy as np
 import optuna
 from optuna import distributions as D
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import export, models, plots, sweep, train, vectorize
 from subspace_jax.workdir import EpochTicker, Progress, Workdir, to_jsonable
+from subspace_jax.errors import ConfigError
 
 PUBLISHED = (
     {"label": "98% record (575 non-zero)", "acc": 0.98, "params": 575, "count": "non-zero"},
@@ -170,33 +172,34 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------- the space
 def _range(field: str, value, minimum: float) -> None:
     if len(value) != 2 or not minimum <= value[0] <= value[1]:
-        raise ValueError(f"config.{field}={tuple(value)} must be (low, high) with "
-                         f"{minimum} <= low <= high.")
+        raise ConfigError(f"config.{field}={tuple(value)} must be (low, high) with "
+                          f"{minimum} <= low <= high.")
 
 
 def _choices(field: str, value, valid=None, positive: bool = False) -> None:
     if not len(value):
-        raise ValueError(f"config.{field} is empty; give at least one choice.")
+        raise ConfigError(f"config.{field} is empty; give at least one choice.")
     if valid is not None and not set(value) <= set(valid):
-        raise ValueError(f"config.{field}={tuple(value)}; valid choices: "
-                         f"{', '.join(map(str, valid))}.")
+        raise ConfigError(f"config.{field}={tuple(value)}; valid choices: "
+                          f"{', '.join(map(str, valid))}.")
     if positive and any(int(v) != v or v < 1 for v in value):
-        raise ValueError(f"config.{field}={tuple(value)} must be positive integers.")
+        raise ConfigError(f"config.{field}={tuple(value)} must be positive integers.")
 
 
 def validate(cfg) -> None:
-    """Raises ValueError naming the config field of any bad value."""
+    """Raises ConfigError naming the config field of any bad value."""
+    checks.common(cfg)
     if int(cfg.budget) != cfg.budget or cfg.budget < 1:
-        raise ValueError(f"config.budget={cfg.budget} must be a positive integer (dense params).")
+        raise ConfigError(f"config.budget={cfg.budget} must be a positive integer (dense params).")
     if not cfg.targets or not all(0 < t <= 1 for t in cfg.targets):
-        raise ValueError(f"config.targets={tuple(cfg.targets)} must be accuracies in (0, 1].")
+        raise ConfigError(f"config.targets={tuple(cfg.targets)} must be accuracies in (0, 1].")
     if int(cfg.final_seeds) != cfg.final_seeds or cfg.final_seeds < 1:
-        raise ValueError(f"config.final_seeds={cfg.final_seeds} must be >= 1.")
+        raise ConfigError(f"config.final_seeds={cfg.final_seeds} must be >= 1.")
     s = cfg.space
     n = len(s.channels)
     if n < 1 or len(s.kernels) != n or len(s.pools) != n:
-        raise ValueError(f"config.space.channels, kernels and pools need one entry per conv; got "
-                         f"{len(s.channels)}, {len(s.kernels)}, {len(s.pools)}.")
+        raise ConfigError(f"config.space.channels, kernels and pools need one entry per conv; got "
+                          f"{len(s.channels)}, {len(s.kernels)}, {len(s.pools)}.")
     for i in range(n):
         _range(f"space.channels[{i}]", s.channels[i], 1)
         _range(f"space.kernels[{i}]", s.kernels[i], 1)
@@ -208,23 +211,23 @@ def validate(cfg) -> None:
     _choices("space.schedules", s.schedules, VMAPPABLE_SCHEDULES)
     _range("space.learning_rate", s.learning_rate, 0)
     if s.learning_rate[0] <= 0:
-        raise ValueError(f"config.space.learning_rate={tuple(s.learning_rate)} must be positive.")
+        raise ConfigError(f"config.space.learning_rate={tuple(s.learning_rate)} must be positive.")
     _range("space.weight_decay", s.weight_decay, 0)
     if s.weight_decay[0] == 0 < s.weight_decay[1]:
-        raise ValueError(f"config.space.weight_decay={tuple(s.weight_decay)}: log-uniform needs "
-                         "low > 0; (0, 0) means no weight decay.")
+        raise ConfigError(f"config.space.weight_decay={tuple(s.weight_decay)}: log-uniform needs "
+                          "low > 0; (0, 0) means no weight decay.")
     if cfg.train.optimizer not in train.OPTIMIZERS:
-        raise ValueError(f"config.train.optimizer={cfg.train.optimizer!r}; "
-                         f"valid: {', '.join(train.OPTIMIZERS)}.")
+        raise ConfigError(f"config.train.optimizer={cfg.train.optimizer!r}; "
+                          f"valid: {', '.join(train.OPTIMIZERS)}.")
     for field, minimum in (("batches", 1), ("trials_per_batch", 1), ("seeds_per_trial", 1),
                            ("random_batches", 0), ("max_rejections", 0)):
         value = cfg.search[field]
         if int(value) != value or value < minimum:
-            raise ValueError(f"config.search.{field}={value} must be an integer >= {minimum}.")
+            raise ConfigError(f"config.search.{field}={value} must be an integer >= {minimum}.")
     smallest = _smallest_in_space(cfg)
     if smallest is not None and smallest > cfg.budget:
-        raise ValueError(f"config.budget={cfg.budget}: the smallest model in config.space has "
-                         f"{smallest} params; raise the budget or shrink the space.")
+        raise ConfigError(f"config.budget={cfg.budget}: the smallest model in config.space has "
+                          f"{smallest} params; raise the budget or shrink the space.")
 
 
 def _smallest_in_space(cfg) -> int | None:

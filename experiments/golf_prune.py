@@ -59,11 +59,13 @@ import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import export, models, plots, sweep, train
 from subspace_jax.pruning import brute_force as bf
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import procedures as P
+from subspace_jax.errors import ConfigError
 
 METHODS = ("magnitude", "obd")
 
@@ -106,22 +108,23 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     if not 0.0 < cfg.threshold < 1.0:
-        raise ValueError(f"config.threshold={cfg.threshold} must be in (0, 1).")
+        raise ConfigError(f"config.threshold={cfg.threshold} must be in (0, 1).")
     if cfg.margin < 0 or cfg.threshold + cfg.margin > 1.0:
-        raise ValueError(f"config.margin={cfg.margin} must be >= 0 with threshold + margin <= 1.")
+        raise ConfigError(f"config.margin={cfg.margin} must be >= 0 with threshold + margin <= 1.")
     unknown = set(cfg.compare.methods) - set(METHODS)
     if unknown:
-        raise ValueError(f"config.compare.methods: unknown {sorted(unknown)}; valid: "
-                         f"{', '.join(METHODS)}")
+        raise ConfigError(f"config.compare.methods: unknown {sorted(unknown)}; valid: "
+                          f"{', '.join(METHODS)}")
     if not cfg.model_file and not cfg.bootstrap.model:
-        raise ValueError("config.model_file is empty: give an exported model, e.g. "
-                         "--config.model_file=runs/zoo/zoo_cnn_small.npz (from --experiment=zoo), "
-                         "or set config.bootstrap.model to train one first (as --quick does).")
+        raise ConfigError("config.model_file is empty: give an exported model, e.g. "
+                          "--config.model_file=runs/zoo/zoo_cnn_small.npz (from --experiment=zoo), "
+                          "or set config.bootstrap.model to train one first (as --quick does).")
     if cfg.model_file and not os.path.isfile(cfg.model_file):
-        raise ValueError(f"config.model_file={cfg.model_file!r}: no such file (an .npz written "
-                         "by export.export_model, e.g. WORKDIR/zoo_cnn_small.npz of the zoo "
-                         "experiment).")
+        raise ConfigError(f"config.model_file={cfg.model_file!r}: no such file (an .npz written "
+                          "by export.export_model, e.g. WORKDIR/zoo_cnn_small.npz of the zoo "
+                          "experiment).")
 
 
 def settings(cfg) -> bf.Settings:

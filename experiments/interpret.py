@@ -54,9 +54,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, export, interpret, models, plots, train
 from subspace_jax.workdir import Workdir
+from subspace_jax.errors import ConfigError
 
 DEFAULT_MODEL_FILE = os.path.join("runs", "zoo", "zoo_cnn_small.npz")
 
@@ -93,24 +95,25 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     if cfg.ascent_where not in interpret.WHERES:
-        raise ValueError(f"config.ascent_where={cfg.ascent_where!r}; valid: "
-                         f"{', '.join(interpret.WHERES)}.")
+        raise ConfigError(f"config.ascent_where={cfg.ascent_where!r}; valid: "
+                          f"{', '.join(interpret.WHERES)}.")
     if (cfg.ascent_steps < 1 or cfg.ascent_lr <= 0 or cfg.ascent_l2 < 0 or cfg.ascent_blur < 0
             or cfg.ascent_blur_every < 1 or cfg.ascent_jitter < 0):
-        raise ValueError("config.ascent_steps >= 1, ascent_lr > 0, ascent_l2 >= 0, "
-                         "ascent_blur >= 0, ascent_blur_every >= 1 and ascent_jitter >= 0 "
-                         f"are required; got {cfg.ascent_steps}, {cfg.ascent_lr}, "
-                         f"{cfg.ascent_l2}, {cfg.ascent_blur}, {cfg.ascent_blur_every}, "
-                         f"{cfg.ascent_jitter}.")
+        raise ConfigError("config.ascent_steps >= 1, ascent_lr > 0, ascent_l2 >= 0, "
+                          "ascent_blur >= 0, ascent_blur_every >= 1 and ascent_jitter >= 0 "
+                          f"are required; got {cfg.ascent_steps}, {cfg.ascent_lr}, "
+                          f"{cfg.ascent_l2}, {cfg.ascent_blur}, {cfg.ascent_blur_every}, "
+                          f"{cfg.ascent_jitter}.")
     if cfg.build.steps < 0 or cfg.build.batch_size < 1:
-        raise ValueError(f"config.build.steps={cfg.build.steps} must be >= 0 (0 = random init) "
-                         f"and build.batch_size={cfg.build.batch_size} >= 1.")
+        raise ConfigError(f"config.build.steps={cfg.build.steps} must be >= 0 (0 = random init) "
+                          f"and build.batch_size={cfg.build.batch_size} >= 1.")
     if (not 1 <= cfg.sample_digits <= 10 or cfg.feature_images < 0 or cfg.eval_chunk < 1
             or cfg.ascent_scale_images < 0):
-        raise ValueError(f"config.sample_digits={cfg.sample_digits} must be in [1, 10], "
-                         f"feature_images={cfg.feature_images} >= 0, ascent_scale_images="
-                         f"{cfg.ascent_scale_images} >= 0, eval_chunk={cfg.eval_chunk} >= 1.")
+        raise ConfigError(f"config.sample_digits={cfg.sample_digits} must be in [1, 10], "
+                          f"feature_images={cfg.feature_images} >= 0, ascent_scale_images="
+                          f"{cfg.ascent_scale_images} >= 0, eval_chunk={cfg.eval_chunk} >= 1.")
 
 
 def ascent_settings(cfg) -> interpret.Ascent:
@@ -120,19 +123,19 @@ def ascent_settings(cfg) -> interpret.Ascent:
 
 
 def load(model_file: str) -> tuple[models.Model, dict, dict]:
-    """(model, params, description) of ``model_file``, or a ValueError saying what is valid."""
+    """(model, params, description) of ``model_file``, or a ConfigError saying what is valid."""
     valid = ("valid: an .npz written by subspace_jax.export.export_model (format "
              f"{export.FORMAT}), e.g. WORKDIR/zoo_cnn_small.npz from "
              "`python launch.py --experiment=zoo`, or '' to train a tiny model first")
     if not os.path.isfile(model_file):
-        raise ValueError(f"config.model_file={model_file!r}: no such file; {valid}.")
+        raise ConfigError(f"config.model_file={model_file!r}: no such file; {valid}.")
     try:
         desc, _ = export.load(model_file)
         model, params = export.load_model(model_file)
         interpret.check_classifier(model.arch)
     except Exception as e:  # not an npz, no arch entry, unknown layer kind, ...
-        raise ValueError(f"config.model_file={model_file!r} is not a usable exported model "
-                         f"({type(e).__name__}: {e}); {valid}.") from e
+        raise ConfigError(f"config.model_file={model_file!r} is not a usable exported model "
+                          f"({type(e).__name__}: {e}); {valid}.") from e
     return model, params, desc
 
 

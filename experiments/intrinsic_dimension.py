@@ -90,8 +90,10 @@ import functools
 import ml_collections
 import numpy as np
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import intrinsic, models, report, subspace, sweep, train
+from subspace_jax.errors import ConfigError
 from subspace_jax.workdir import EpochTicker
 
 PUBLISHED = {
@@ -136,24 +138,22 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
+    checks.nonempty(cfg.models, "models")
     for name in cfg.models:
-        models.get(name)  # raises with the valid names
-    kind = subspace.parse_kind(cfg.projection)[0]
-    if kind not in subspace.PROJECTIONS:
-        raise ValueError(f"config.projection={cfg.projection!r}; valid kinds: "
-                         f"{', '.join(subspace.PROJECTIONS)}.")
+        D = models.param_count(models.get(name))  # get() raises with the valid names
+        checks.subspace_dims(cfg.grid, "grid", name, D)  # d > D is an error, never clamped
+        subspace.check_kind(cfg.projection, D)
     if cfg.measure_on not in MEASURES:
-        raise ValueError(f"config.measure_on={cfg.measure_on!r}; valid: {', '.join(MEASURES)}.")
-    if not cfg.grid or any(int(d) < 1 for d in cfg.grid):
-        raise ValueError(f"config.grid={tuple(cfg.grid)} must be positive subspace sizes.")
+        raise ConfigError(f"config.measure_on={cfg.measure_on!r}; valid: {', '.join(MEASURES)}.")
     if not cfg.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
+        raise ConfigError("config.seeds must name at least one seed.")
     if cfg.bisection_rounds < 0 or cfg.bisection_points < 1:
-        raise ValueError("config.bisection_rounds must be >= 0 and bisection_points >= 1.")
+        raise ConfigError("config.bisection_rounds must be >= 0 and bisection_points >= 1.")
     if not (0 < cfg.global_threshold <= 1 and 0 < cfg.individual_fraction <= 1):
-        raise ValueError("config.global_threshold and individual_fraction must be in (0, 1].")
+        raise ConfigError("config.global_threshold and individual_fraction must be in (0, 1].")
     if not (0 < cfg.ci_level < 1 and cfg.bootstrap_samples >= 1):
-        raise ValueError("config.ci_level must be in (0, 1) and bootstrap_samples >= 1.")
+        raise ConfigError("config.ci_level must be in (0, 1) and bootstrap_samples >= 1.")
 
 
 # ---------------------------------------------------------------- units

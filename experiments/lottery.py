@@ -48,11 +48,13 @@ import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import export, models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
+from subspace_jax.errors import ConfigError
 
 PUBLISHED = ("Frankle & Carbin 2019 (LeNet-300-100, MNIST): dense ~98% test; tickets match it "
              "down to ~3.6% of weights; best tickets (~21%) are more accurate and stop earlier; "
@@ -86,16 +88,17 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     models.get(cfg.model)
     if not cfg.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
+        raise ConfigError("config.seeds must name at least one seed.")
     if int(cfg.levels) < 1:
-        raise ValueError(f"config.levels={cfg.levels} must be >= 1.")
+        raise ConfigError(f"config.levels={cfg.levels} must be >= 1.")
     for field in ("rate", "output_rate"):
         if not 0.0 < float(cfg[field]) < 1.0:
-            raise ValueError(f"config.{field}={cfg[field]} must be in (0, 1).")
+            raise ConfigError(f"config.{field}={cfg[field]} must be in (0, 1).")
     if not cfg.learning_rates or any(float(v) <= 0 for v in cfg.learning_rates):
-        raise ValueError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
+        raise ConfigError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
 
 
 def level_densities(cfg) -> np.ndarray:

@@ -75,11 +75,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import data, distill, models, report, sweep, train, vectorize
+from subspace_jax import data, distill, models, report, subspace, sweep, train, vectorize
 from subspace_jax import plots  # noqa: F401  (selects the headless Agg backend first)
 from subspace_jax.pruning import masks, scorers
 from subspace_jax.workdir import EpochTicker, Workdir
+from subspace_jax.errors import ConfigError
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
@@ -147,28 +149,31 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     if int(cfg.hidden) < 1:
-        raise ValueError(f"config.hidden={cfg.hidden} must be >= 1.")
+        raise ConfigError(f"config.hidden={cfg.hidden} must be >= 1.")
     if not cfg.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
+        raise ConfigError("config.seeds must name at least one seed.")
     if not cfg.label_fractions or any(not 0.0 <= float(f) <= 1.0 for f in cfg.label_fractions):
-        raise ValueError(f"config.label_fractions={tuple(cfg.label_fractions)} must be in [0, 1].")
+        raise ConfigError(f"config.label_fractions={tuple(cfg.label_fractions)} must be in [0, 1].")
     if not cfg.noise_kinds or any(k not in distill.NOISE_KINDS for k in cfg.noise_kinds):
-        raise ValueError(f"config.noise_kinds={tuple(cfg.noise_kinds)}; valid: "
-                         f"{', '.join(distill.NOISE_KINDS)}.")
+        raise ConfigError(f"config.noise_kinds={tuple(cfg.noise_kinds)}; valid: "
+                          f"{', '.join(distill.NOISE_KINDS)}.")
     if cfg.distill.loss not in distill.LOSSES:
-        raise ValueError(f"config.distill.loss={cfg.distill.loss!r}; valid: "
-                         f"{', '.join(distill.LOSSES)}.")
+        raise ConfigError(f"config.distill.loss={cfg.distill.loss!r}; valid: "
+                          f"{', '.join(distill.LOSSES)}.")
     if not cfg.densities or any(not 0.0 < float(d) <= 1.0 for d in cfg.densities):
-        raise ValueError(f"config.densities={tuple(cfg.densities)} must be fractions in (0, 1].")
-    if not cfg.dims or any(int(d) < 1 for d in cfg.dims):
-        raise ValueError(f"config.dims={tuple(cfg.dims)} must be positive subspace sizes.")
+        raise ConfigError(f"config.densities={tuple(cfg.densities)} must be fractions in (0, 1].")
+    teacher = models.mlp(f"mlp_{cfg.hidden}", (int(cfg.hidden),))  # as Study builds it
+    D = models.param_count(teacher)
+    checks.subspace_dims(cfg.dims, "dims", teacher.name, D)  # d > D: an error, never clamped
+    subspace.check_kind(cfg.projection, D)
     if not cfg.subspace_learning_rates or any(float(v) <= 0 for v in cfg.subspace_learning_rates):
-        raise ValueError("config.subspace_learning_rates must be positive.")
+        raise ConfigError("config.subspace_learning_rates must be positive.")
     extra = {float(f) for f in cfg.subspace_fractions} - {float(f) for f in cfg.label_fractions}
     if extra:
-        raise ValueError(f"config.subspace_fractions has {sorted(extra)}, not in label_fractions "
-                         f"{tuple(cfg.label_fractions)}.")
+        raise ConfigError(f"config.subspace_fractions has {sorted(extra)}, not in label_fractions "
+                          f"{tuple(cfg.label_fractions)}.")
     distill.student_sizes(cfg.hidden, cfg.shrink, cfg.min_hidden, cfg.max_rounds)
 
 
@@ -378,7 +383,7 @@ class Study:
     def subspace_unit(self, f):
         cfg = self.cfg
         D = models.param_count(self.model)
-        dims = sorted({min(int(d), D) for d in cfg.dims})
+        dims = sorted({int(d) for d in cfg.dims})  # validate() refused d > D
         if self._subspace_run is None:
             self._subspace_run = train.make_run(
                 self.model, cfg.subspace_train, C.subspace_config(max(dims), cfg.projection),

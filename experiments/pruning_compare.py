@@ -46,11 +46,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
+from subspace_jax.errors import ConfigError
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -86,18 +88,19 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     for name in cfg.models:
         models.get(name)
     if not cfg.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
+        raise ConfigError("config.seeds must name at least one seed.")
     for field in ("densities", "collapse_densities"):
         if not cfg[field] or any(not 0.0 < float(d) <= 1.0 for d in cfg[field]):
-            raise ValueError(f"config.{field}={tuple(cfg[field])} must be fractions in (0, 1].")
+            raise ConfigError(f"config.{field}={tuple(cfg[field])} must be fractions in (0, 1].")
     for s in (*cfg.at_init, *cfg.one_shot, *cfg.iterative):
         if s not in P.SCORERS:
-            raise ValueError(f"unknown scorer {s!r}; valid: {', '.join(P.SCORERS)}")
+            raise ConfigError(f"unknown scorer {s!r}; valid: {', '.join(P.SCORERS)}")
     if not cfg.learning_rates or any(float(v) <= 0 for v in cfg.learning_rates):
-        raise ValueError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
+        raise ConfigError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
 
 
 def _hp(cfg):

@@ -27,9 +27,11 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import models, plots, sweep, train
+from subspace_jax import models, plots, subspace, sweep, train
 from subspace_jax.workdir import EpochTicker
+from subspace_jax.errors import ConfigError
 
 
 def get_config(quick: bool = False) -> ml_collections.ConfigDict:
@@ -55,15 +57,17 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
+    checks.nonempty(cfg.models, "models")
     for name in cfg.models:
-        models.get(name)  # raises with the valid names
-    if not cfg.dims or any(int(d) < 1 for d in cfg.dims):
-        raise ValueError(f"config.dims={tuple(cfg.dims)} must be positive subspace sizes.")
+        D = models.param_count(models.get(name))  # get() raises with the valid names
+        checks.subspace_dims(cfg.dims, "dims", name, D)
+        subspace.check_kind(cfg.projection, D)
     if not cfg.seeds:
-        raise ValueError("config.seeds must name at least one seed.")
+        raise ConfigError("config.seeds must name at least one seed.")
     for field in ("full_learning_rates", "subspace_learning_rates"):
         if not cfg[field] or any(float(v) <= 0 for v in cfg[field]):
-            raise ValueError(f"config.{field}={tuple(cfg[field])} must be positive learning rates.")
+            raise ConfigError(f"config.{field}={tuple(cfg[field])} must be positive learning rates.")
 
 
 def units_for(cfg, ds, dat):
@@ -72,7 +76,7 @@ def units_for(cfg, ds, dat):
     for name in cfg.models:
         model = models.get(name)
         D = models.param_count(model)
-        dims = sorted({min(int(d), D) for d in cfg.dims})
+        dims = sorted({int(d) for d in cfg.dims})  # validate() refused d > D
 
         def full(uid, model=model, D=D):
             run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,

@@ -61,10 +61,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, wann
 from subspace_jax import wann_plots as plots
 from subspace_jax.workdir import Workdir, to_jsonable
+from subspace_jax.errors import ConfigError
 
 PUBLISHED = {"random_weight_acc_mean": 0.820, "random_weight_acc_sd": 0.187,
              "ensemble_acc": 0.916, "best_weight_acc": 0.919, "tuned_acc": 0.942,
@@ -128,24 +130,25 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     e = cfg.evolution
     if int(cfg.input.resolution) not in range(1, 29):
-        raise ValueError(f"config.input.resolution={cfg.input.resolution} must be in 1..28.")
+        raise ConfigError(f"config.input.resolution={cfg.input.resolution} must be in 1..28.")
     if e.fitness not in ("loglik", "accuracy"):
-        raise ValueError(f"config.evolution.fitness={e.fitness!r}; valid: loglik, accuracy.")
+        raise ConfigError(f"config.evolution.fitness={e.fitness!r}; valid: loglik, accuracy.")
     if int(e.population) < 2 or int(e.generations) < 1 or int(e.max_hidden) < 0:
-        raise ValueError("config.evolution needs population >= 2, generations >= 1, "
-                         "max_hidden >= 0.")
+        raise ConfigError("config.evolution needs population >= 2, generations >= 1, "
+                          "max_hidden >= 0.")
     if not 0 <= float(e.elite_ratio) < 1 or not 0 <= float(e.cull_ratio) < 1:
-        raise ValueError("config.evolution.elite_ratio and cull_ratio must be in [0, 1).")
+        raise ConfigError("config.evolution.elite_ratio and cull_ratio must be in [0, 1).")
     if min(e.p_activation, e.p_insert_node, e.p_add_connection, e.p_reenable) < 0 or \
             e.p_activation + e.p_insert_node + e.p_add_connection + e.p_reenable <= 0:
-        raise ValueError("config.evolution mutation probabilities must be >= 0, not all 0.")
+        raise ConfigError("config.evolution mutation probabilities must be >= 0, not all 0.")
     if not e.shared_weights:
-        raise ValueError("config.evolution.shared_weights must not be empty.")
+        raise ConfigError("config.evolution.shared_weights must not be empty.")
     if int(cfg.data.val_size) < 1:
-        raise ValueError("config.data.val_size must be >= 1: the champion and the best "
-                         "shared weight are chosen on validation.")
+        raise ConfigError("config.data.val_size must be >= 1: the champion and the best "
+                          "shared weight are chosen on validation.")
 
 
 def _rng(seed: int, generation: int, purpose: str) -> np.random.Generator:

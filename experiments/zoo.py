@@ -31,9 +31,11 @@ import ml_collections
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import export, models, plots, sweep, train
 from subspace_jax.workdir import EpochTicker
+from subspace_jax.errors import ConfigError
 
 PUBLISHED = {"zoo_fc16": 0.945, "zoo_fc32": 0.965, "zoo_cnn_small": 0.956, "zoo_cnn_large": 0.976}
 
@@ -55,13 +57,14 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 
 def validate(cfg) -> None:
+    checks.common(cfg)
     for name in cfg.models:
         if models.get(name).arch is None:  # get() raises with the valid names
-            raise ValueError(f"model {name!r} cannot be exported (no arch)")
+            raise ConfigError(f"model {name!r} cannot be exported (no arch)")
     if not cfg.seeds or 0 not in cfg.seeds:
-        raise ValueError(f"config.seeds={tuple(cfg.seeds)} must include seed 0 (it is exported).")
+        raise ConfigError(f"config.seeds={tuple(cfg.seeds)} must include seed 0 (it is exported).")
     if not cfg.learning_rates or any(float(v) <= 0 for v in cfg.learning_rates):
-        raise ValueError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
+        raise ConfigError(f"config.learning_rates={tuple(cfg.learning_rates)} must be positive.")
 
 
 def _theta_file(unit_id: str) -> str:

@@ -21,8 +21,11 @@ import gzip
 import hashlib
 import os
 import struct
+import zlib
 
 import numpy as np
+
+from subspace_jax.errors import InputError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DIR = os.path.join(REPO_ROOT, "data", "mnist")
@@ -38,7 +41,7 @@ MEAN, STD = 0.1307, 0.3081
 SOURCES = ("idx", "tfds", "synthetic")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Raised for missing, truncated or altered data files and bad options."""
 
 
@@ -58,14 +61,26 @@ class Dataset:
 
 
 # ---------------------------------------------------------------- IDX files
-def _read_verified(directory: str, name: str) -> bytes:
+def _fix(directory: str, name: str) -> str:
+    return (f"expected SHA-256 {SHA256[name]} of the uncompressed '{name}'; fix: copy the "
+            f"official '{name}.gz' into {directory} (the repository ships them in "
+            f"{DEFAULT_DIR}), or pass --config.data.source=tfds.")
+
+
+def _path(directory: str, name: str) -> str:
+    if not os.path.isdir(directory):
+        raise DataError(f"data.data_dir={directory!r}: no such directory; valid: a directory "
+                        f"with the four MNIST IDX files, or '' for the shipped {DEFAULT_DIR}.")
     candidates = [os.path.join(directory, name + ext) for ext in (".gz", "")]
     path = next((p for p in candidates if os.path.exists(p)), None)
-    fix = (f"Copy the official MNIST file '{name}.gz' into {directory} "
-           f"(the repository ships them in {DEFAULT_DIR}), or pass "
-           "--config.data.source=tfds.")
     if path is None:
-        raise DataError(f"MNIST file missing: {candidates[0]} (or {candidates[1]}). {fix}")
+        raise DataError(f"MNIST file missing: {candidates[0]} (or {candidates[1]}); "
+                        + _fix(directory, name))
+    return path
+
+
+def _read_verified(directory: str, name: str) -> bytes:
+    path = _path(directory, name)
     try:
         if path.endswith(".gz"):
             with gzip.open(path, "rb") as f:
@@ -73,13 +88,14 @@ def _read_verified(directory: str, name: str) -> bytes:
         else:
             with open(path, "rb") as f:
                 raw = f.read()
-    except (OSError, EOFError) as e:  # truncated gzip stream, unreadable file
-        raise DataError(f"Cannot read MNIST file {path}: {e}. {fix}") from e
+    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip, unreadable
+        # `from None`: the message says it all; a chained traceback would only repeat it.
+        raise DataError(f"MNIST file {path} cannot be read ({type(e).__name__}: {e}), "
+                        "so it is truncated or corrupt; " + _fix(directory, name)) from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHA256[name]:
-        raise DataError(
-            f"MNIST file {path} has SHA-256 {digest} of its uncompressed bytes, "
-            f"expected {SHA256[name]}: the file is truncated or altered. {fix}")
+        raise DataError(f"MNIST file {path} has SHA-256 {digest} of its uncompressed bytes: "
+                        "the file is truncated or altered; " + _fix(directory, name))
     return raw
 
 
@@ -99,7 +115,13 @@ def _load_tfds(data_dir: str | None):
     import tensorflow_datasets as tfds  # heavy import, only when asked for
 
     def split(name):
-        ds = tfds.data_source("mnist", split=name, data_dir=data_dir or None)
+        try:
+            ds = tfds.data_source("mnist", split=name, data_dir=data_dir or None)
+        except Exception as e:  # noqa: BLE001 - tfds raises several kinds for "not prepared"
+            raise DataError(f"data.source='tfds': mnist split {name!r} is not available in "
+                            f"data.data_dir={data_dir!r} ({type(e).__name__}); fix: prepare it "
+                            "(python -m tensorflow_datasets.scripts.download_and_prepare "
+                            "--datasets=mnist) or use data.source=idx (shipped).") from None
         examples = [ds[i] for i in range(len(ds))]
         x = np.stack([np.asarray(e["image"]).reshape(28, 28) for e in examples])
         y = np.asarray([e["label"] for e in examples])
@@ -141,21 +163,15 @@ def load(source: str = "idx", data_dir: str = "", val_size: int = 10_000,
       train_size: keep only the first ``train_size`` training images (0 = all),
         for quick runs; the validation split is unchanged.
     """
+    _check_source(source)
     if source == "idx":
         tx, ty, sx, sy = _load_idx(data_dir or DEFAULT_DIR)
     elif source == "tfds":
         tx, ty, sx, sy = _load_tfds(data_dir)
-    elif source == "synthetic":
-        tx, ty, sx, sy = _load_synthetic(synthetic_size, max(64, synthetic_size // 4))
     else:
-        raise DataError(f"Unknown data source {source!r} (config field data.source); "
-                        f"valid: {', '.join(SOURCES)}.")
-    if not 0 <= val_size < len(ty):
-        raise DataError(f"data.val_size={val_size} must be in [0, {len(ty) - 1}] "
-                        f"for {len(ty)} training images.")
-    if not 0.0 <= random_label_fraction <= 1.0:
-        raise DataError(f"data.random_label_fraction={random_label_fraction} "
-                        "must be in [0, 1].")
+        _check_options(synthetic_size, val_size, random_label_fraction, train_size)
+        tx, ty, sx, sy = _load_synthetic(synthetic_size, max(64, synthetic_size // 4))
+    _check_options(len(ty), val_size, random_label_fraction, train_size)
 
     def norm(x):
         return ((x.astype(np.float32) / 255.0 - MEAN) / STD)[..., None]
@@ -166,8 +182,6 @@ def load(source: str = "idx", data_dir: str = "", val_size: int = 10_000,
         tx = tx.reshape(-1, 784)[:, perm].reshape(-1, 28, 28)
         sx = sx.reshape(-1, 784)[:, perm].reshape(-1, 28, 28)
     n_train = len(ty) - val_size
-    if train_size < 0:
-        raise DataError(f"data.train_size={train_size} must be >= 0 (0 = all).")
     if train_size:
         tx = np.concatenate([tx[:min(train_size, n_train)], tx[n_train:]])
         ty = np.concatenate([ty[:min(train_size, n_train)], ty[n_train:]])
@@ -182,9 +196,49 @@ def load(source: str = "idx", data_dir: str = "", val_size: int = 10_000,
         test_x=norm(sx), test_y=sy.astype(np.int32))
 
 
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise DataError(f"Unknown data source {source!r} (config field data.source); "
+                        f"valid: {', '.join(SOURCES)}.")
+
+
+def _check_options(n_total: int, val_size: int, random_label_fraction: float,
+                   train_size: int) -> None:
+    """Options against ``n_total`` training images (before the validation split)."""
+    if n_total < 2:
+        raise DataError(f"{n_total} training images (data.synthetic_size for the synthetic "
+                        "source): need at least 2, one to train on and one to validate.")
+    if not 0 <= val_size < n_total:
+        raise DataError(f"data.val_size={val_size} must be in [0, {n_total - 1}] "
+                        f"for {n_total} training images.")
+    if not 0.0 <= random_label_fraction <= 1.0:  # also rejects NaN
+        raise DataError(f"data.random_label_fraction={random_label_fraction} "
+                        "must be in [0, 1].")
+    if train_size < 0:
+        raise DataError(f"data.train_size={train_size} must be >= 0 (0 = all).")
+
+
 def from_config(cfg) -> Dataset:
     """``cfg`` is the ``data`` sub-config of an experiment."""
     return load(source=cfg.source, data_dir=cfg.data_dir, val_size=cfg.val_size,
                 random_label_fraction=cfg.random_label_fraction,
                 permute_pixels=cfg.permute_pixels, seed=cfg.seed,
                 synthetic_size=cfg.synthetic_size, train_size=cfg.train_size)
+
+
+def check(cfg) -> None:
+    """Raises ``DataError`` for what ``from_config(cfg)`` would reject, without
+    building the dataset: options, and for ``idx`` every file's presence and
+    SHA-256 (about 1 s: the files are decompressed and hashed). ``tfds`` is
+    checked when it loads (preparing it here would cost as much as loading)."""
+    _check_source(cfg.source)
+    if cfg.source == "tfds":
+        _check_options(2, 0, cfg.random_label_fraction, cfg.train_size)
+        return
+    if cfg.source == "idx":
+        directory = cfg.data_dir or DEFAULT_DIR
+        raw = {n: _read_verified(directory, n) for n in SHA256}
+        n_total = len(raw["train-labels-idx1-ubyte"]) - 8  # IDX1 header: magic, count
+    else:
+        n_total = cfg.synthetic_size
+    _check_options(n_total, cfg.val_size, cfg.random_label_fraction, cfg.train_size)

@@ -53,6 +53,7 @@ from jax.scipy.special import ndtr
 from subspace_jax import config as C
 from subspace_jax import data as data_lib
 from subspace_jax import train
+from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
 NOISE_KINDS = ("uniform", "gaussian", "pixel")
@@ -284,7 +285,7 @@ def student_sizes(hidden: int, shrink: float = 0.2, min_hidden: int = 5,
     """``[hidden, h1, h2, ...]``: each round ``shrink`` fewer units (rounded,
     at least one fewer), down to ``min_hidden`` or for ``rounds`` rounds (0 = no cap)."""
     if not 0.0 < shrink < 1.0:
-        raise ValueError(f"shrink={shrink} must be in (0, 1).")
+        raise ConfigError(f"shrink={shrink} (config field shrink) must be in (0, 1).")
     sizes = [int(hidden)]
     while True:
         h = min(int(round(sizes[-1] * (1.0 - shrink))), sizes[-1] - 1)

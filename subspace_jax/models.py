@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -300,7 +302,8 @@ def names() -> list[str]:
 
 def get(name: str) -> Model:
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r} (config field model); valid: {', '.join(names())}.")
+        raise ConfigError(f"Unknown model {name!r} (config field model); valid: "
+                          f"{', '.join(names())}.")
     return _REGISTRY[name]()
 
 

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax.errors import ConfigError
+
 PROJECTIONS = ("dense", "orthonormal", "sparse", "fastfood", "regenerated", "subspace_nn")
 _OPTIONS = {"dense": (), "orthonormal": (), "sparse": ("nnz",), "fastfood": (),
             "regenerated": ("block",), "subspace_nn": ("base",)}
@@ -62,19 +64,49 @@ def parse_kind(spec: str) -> tuple[str, dict]:
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"projection option {item!r} in {spec!r} is not key=value")
+            raise ConfigError(f"projection option {item!r} in {spec!r} is not key=value, "
+                              "e.g. sparse:nnz=8.")
         options[key.strip()] = _value(value.strip())
     return name.strip(), options
 
 
-def _check(name: str, options: dict) -> None:
+def _check(name: str, options: dict, D: int | None = None) -> None:
+    """Raises ``ConfigError`` for an unknown kind or option, or an option value
+    that would otherwise be clamped (nnz outside [1, D], block < 1)."""
     if name not in PROJECTIONS:
-        raise ValueError(f"Unknown projection {name!r} (config field subspace.projection); "
-                         f"valid: {', '.join(PROJECTIONS)}.")
+        raise ConfigError(f"Unknown projection {name!r} (config field projection); "
+                          f"valid: {', '.join(PROJECTIONS)}.")
     unknown = set(options) - set(_OPTIONS[name])
     if unknown:
-        raise ValueError(f"projection {name!r} has no option(s) {sorted(unknown)}; "
-                         f"valid: {', '.join(_OPTIONS[name]) or 'none'}.")
+        raise ConfigError(f"projection {name!r} has no option(s) {sorted(unknown)}; "
+                          f"valid: {', '.join(_OPTIONS[name]) or 'none'}.")
+    for option in ("nnz", "block"):
+        value = options.get(option)
+        if value is None:
+            continue
+        top = D if option == "nnz" else None
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+                or (top is not None and value > top)):
+            valid = f"an integer in [1, D={top}]" if top else "an integer >= 1"
+            raise ConfigError(f"projection option {option}={value!r} of {name!r}: valid is "
+                              f"{valid}" + (" (nnz = D is the dense law)." if top else "."))
+
+
+def check_kind(spec: str, D: int | None = None, field: str = "projection") -> None:
+    """Raises ``ConfigError`` naming ``config.<field>`` unless ``spec`` is a usable
+    projection for ``D`` parameters (``D=None``: every check that does not need it)."""
+    try:
+        name, options = parse_kind(spec)
+        if name == "subspace_nn":
+            options = dict(options)
+            base_name, base_options = parse_kind(str(options.pop("base", "dense")))
+            if base_name == "subspace_nn":
+                raise ConfigError("subspace_nn needs a random base kind, not subspace_nn.")
+            _check(base_name, {**base_options, **options}, D)
+        else:
+            _check(name, options, D)
+    except ConfigError as e:
+        raise ConfigError(f"config.{field}={spec!r}: {e}") from None
 
 
 def _linear_map(apply, transpose):
@@ -125,7 +157,8 @@ def sparse_params(key, D: int, d: int, nnz: int | None = None):
     exactly 1 with no de-duplication) and every row is hit with probability k/D.
     Values are Gaussian, normalised per column; nnz = D gives the dense law.
     """
-    k = int(min(max(default_nnz(D) if nnz is None else int(nnz), 1), D))
+    k = default_nnz(D) if nnz is None else nnz
+    _check("sparse", {"nnz": k}, D)  # never clamped: a bad nnz is an error
     stride = D // k
     k_off, k_jit, k_val = jax.random.split(key, 3)
     offset_d = jax.random.randint(k_off, (d, 1), 0, D)
@@ -269,14 +302,14 @@ def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, **options)
         base = str(options.pop("base", "dense"))
         base_name, base_options = parse_kind(base)
         if base_name == "subspace_nn":
-            raise ValueError("subspace_nn needs a random base kind, not subspace_nn")
-        _check(base_name, {**base_options, **options})
+            raise ConfigError("subspace_nn needs a random base kind, not subspace_nn")
+        _check(base_name, {**base_options, **options}, D)
         u_D = _unit(theta0_D)
         if d == 1:
             return lambda omega_d: omega_d[0] * u_D
         rest = make_projection(base, key, D, d - 1, **options)
         return lambda omega_d: omega_d[0] * u_D + rest(omega_d[1:])
-    _check(name, options)
+    _check(name, options, D)
     if name in ("dense", "orthonormal"):
         P_Dxd = (dense_projection if name == "dense" else orthonormal_projection)(key, D, d)
         return lambda omega_d: P_Dxd @ omega_d

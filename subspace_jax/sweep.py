@@ -53,14 +53,15 @@ class Unit(NamedTuple):
 
 
 def prepare(cfg, workdir: str):
-    """The start of every experiment: workdir with config.json, then the data.
+    """The start of every experiment: the data, then the workdir with config.json
+    (bad data raises ``data.DataError`` before anything is written).
 
     Returns ``(workdir, dataset, device_data)``.
     """
-    wd = Workdir(workdir)
-    wd.write_json("config.json", cfg)
     ds = data.from_config(cfg.data)
     print(f"data: {ds.summary()}", flush=True)
+    wd = Workdir(workdir)
+    wd.write_json("config.json", cfg)
     return wd, ds, train.Data.from_dataset(ds)
 
 

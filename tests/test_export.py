@@ -85,3 +85,51 @@ def test_load_model_round_trip(name, tmp_path):
     np.testing.assert_allclose(loaded.apply(loaded_params, x), model.apply(params, x),
                                atol=1e-5, rtol=1e-5)
     assert jax.tree.structure(loaded.init(jax.random.key(0))) == jax.tree.structure(params)
+
+
+def test_checker_checksums_are_the_loaders():
+    from subspace_jax import data
+    assert _checker().TEST_SHA256 == {k: v for k, v in data.SHA256.items() if "t10k" in k}
+
+
+def _with_input(path, tmp_path, **fields):
+    """A copy of the exported ``path`` whose arch JSON has ``input`` fields replaced."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    desc = json.loads(str(arrays["arch"]))
+    desc["input"].update(fields)
+    arrays["arch"] = np.asarray(json.dumps(desc))
+    out = str(tmp_path / "altered.npz")
+    np.savez(out, **arrays)
+    return out
+
+
+def test_checker_rejects_per_pixel_mean_and_std(tmp_path):
+    path = str(tmp_path / "m.npz")
+    export.export_model(path, "golf_relu", models.get("golf_relu").init(jax.random.key(0)))
+    check = _checker()
+    bad = _with_input(path, tmp_path, mean=np.full((28, 28), 0.13).tolist())
+    desc, _ = check.load_model(bad)
+    with pytest.raises(ValueError, match="input.mean"):
+        check.normalise(np.zeros((1, 28, 28), np.uint8), desc)
+    r = subprocess.run([sys.executable, CHECKER, _with_input(path, tmp_path, std=[0.3, 0.3])],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "input.std" in r.stderr
+    check.check_input(check.load_model(path)[0])  # the exported scalars pass
+
+
+def test_checker_verifies_the_test_files_sha256(tmp_path):
+    import gzip
+    import shutil
+    from subspace_jax import data
+    d = tmp_path / "mnist"
+    shutil.copytree(data.DEFAULT_DIR, d)
+    raw = bytearray(gzip.open(d / "t10k-labels-idx1-ubyte.gz").read())
+    raw[100] = (raw[100] + 1) % 10  # one label changed: shapes still right
+    with gzip.open(d / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes(raw))
+    check = _checker()
+    with pytest.raises(ValueError, match=data.SHA256["t10k-labels-idx1-ubyte"]):
+        check.load_test(str(d))
+    x, y = check.load_test(data.DEFAULT_DIR)
+    assert x.shape == (10_000, 28, 28) and y.shape == (10_000,)

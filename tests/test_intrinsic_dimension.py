@@ -158,7 +158,10 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path):
     assert set(cfg.grid) <= set(rows)
     assert {r["phase"] for r in rows.values()} == {"grid", "bisect1"}  # a bracket was refined
     assert all(r["seeds"] == 3 and r["test_acc_mean"] is not None for r in rows.values())
-    assert 0 < m["thresholds"]["individual"] <= 0.9 * 1.0 + 1e-9
+    # individual = individual_fraction x the full-space runs' mean accuracy (all ok here).
+    assert m["full"]["diverged"] == 0
+    assert m["thresholds"]["individual"] == pytest.approx(
+        cfg.individual_fraction * m["full"]["val_acc_mean"], rel=1e-9)
     for baseline in ("global", "individual"):
         est = m["d_int90"][baseline]
         passing = [d for d, r in rows.items() if r["decide_acc_mean"] >= est["threshold"]]

@@ -144,6 +144,24 @@ def test_quick_experiment_end_to_end(tmp_path, capsys):
     assert set(summary["distillation"][cfg.noise_kinds[1]]) == {"real", "random"}
     assert len(summary["pruning"]["real"]) == len(cfg.densities)
     assert [r["d"] for r in summary["subspace"]["random"]["table"]] == list(cfg.dims)
+    # Label noise as asked: a replaced label is right by chance 1 time in 10.
+    changed = {k: t["labels_changed"] for k, t in summary["teachers"].items()}
+    assert changed["real"] == 0.0
+    assert changed["50% random"] == pytest.approx(0.45, abs=0.05)
+    assert changed["random"] == pytest.approx(0.9, abs=0.04)
+    # Pruning keeps exactly the asked fraction of the kernels (global); biases stay.
+    from subspace_jax.pruning import masks
+    lay = masks.model_layout(models.mlp("m", (cfg.hidden,)))
+    for row in summary["pruning"]["random"]:
+        kept = masks.kept_count(row["density_target"], lay.n_prunable)
+        assert row["density_mean"] == pytest.approx(kept / lay.n_prunable, abs=1e-6)
+        assert row["nonzero_mean"] == kept + lay.D - lay.n_prunable
+    # d_fit is the smallest d of the table at or above the stated target.
+    for entry in summary["subspace"].values():
+        target, table = entry["target_train_acc"], entry["table"]
+        passing = [r["d"] for r in table if target is not None
+                   and r["train_acc_mean"] is not None and r["train_acc_mean"] >= target]
+        assert entry["d_fit"] == (min(passing) if passing else None)
     assert "Verdict" in summary["conclusion"]
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["conclusion"] == summary["conclusion"]

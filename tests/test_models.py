@@ -28,10 +28,13 @@ def test_registry_lists_every_model_and_rejects_unknown():
         models.get("resnet")
 
 
-def test_cli_prints_counts(capsys):
+def test_cli_prints_every_model_with_its_count(capsys):
     models.main()
-    out = capsys.readouterr().out
-    assert "21,840" in out and "199,210" in out and "820" in out
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert [name for name, _ in rows] == list(models.names())
+    for name, count in rows:  # EXPECTED is written by hand, param_count is traced
+        assert int(count.replace(",", "")) == EXPECTED.get(name, models.param_count(
+            models.get(name))), name
 
 
 def test_slice_conv_equals_lax_conv():

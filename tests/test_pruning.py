@@ -340,3 +340,119 @@ def test_pruning_compare_quick_end_to_end(tmp_path):
     cfg.densities = (0.2,)
     changed = pruning_compare.run(cfg, str(tmp_path))["models"][model]["table"]
     assert {r["density_target"] for r in changed if r["method"] != "dense"} == {0.2}
+
+
+# ---------------------------------------------------------------- closed forms
+def _softmax_regression(seed=0, n=24, T=1.0):
+    """LINEAR (z = x W + b, 16 -> 3): theta_D, batch, and NumPy float64 helpers."""
+    unravel, apply_D, init_D = P.flat_model(LINEAR)
+    theta_D = init_D(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *SHAPE)).astype(np.float32)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    X = x.reshape(n, -1).astype(np.float64)
+    Y = np.eye(3)[y]
+
+    def probs(p):
+        z = (X @ p["dense0"]["w"] + p["dense0"]["b"]) / T
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def grad(p):  # dL/dW = X^T (P - Y) / (N T), dL/db = mean(P - Y) / T
+        G = probs(p) - Y
+        return {"dense0": {"w": X.T @ G / (n * T), "b": G.mean(0) / T}}
+
+    def hvp(p, v):  # H v: dP = P * dz - P * sum(P * dz), dz = (X V_W + v_b) / T
+        Pr = probs(p)
+        dz = (X @ v["dense0"]["w"] + v["dense0"]["b"]) / T
+        dP = Pr * dz - Pr * (Pr * dz).sum(1, keepdims=True)
+        return {"dense0": {"w": X.T @ dP / (n * T), "b": dP.mean(0) / T}}
+
+    def tree(v_D):
+        return jax.tree.map(lambda a: np.asarray(a, np.float64), unravel(jnp.asarray(v_D)))
+
+    flat = lambda t: np.asarray(ravel_pytree(t)[0], np.float64)
+    return theta_D, apply_D, jnp.asarray(x), jnp.asarray(y), tree, flat, grad, hvp
+
+
+def test_snip_equals_the_closed_form_of_softmax_regression():
+    theta_D, apply_D, x, y, tree, flat, grad, _ = _softmax_regression()
+    mask_D = (jax.random.uniform(jax.random.key(9), theta_D.shape) > 0.3).astype(jnp.float32)
+    w = tree(theta_D * mask_D)  # the gradient is taken at the masked weights
+    want_D = np.abs(flat(w) * flat(grad(w)))
+    got_D = scorers.snip(scorers.batch_loss(apply_D, x, y), theta_D, mask_D)
+    np.testing.assert_allclose(got_D, want_D, rtol=1e-4, atol=1e-7)
+    assert not np.asarray(got_D)[np.asarray(mask_D) == 0].any()  # pruned weights score 0
+
+
+@pytest.mark.parametrize("T", [1.0, 200.0])
+def test_grasp_equals_the_closed_form_of_softmax_regression(T):
+    theta_D, apply_D, x, y, tree, flat, grad, hvp = _softmax_regression(seed=1, T=T)
+    mask_D = jnp.ones_like(theta_D)
+    w = tree(theta_D)
+    want_D = flat(w) * flat(hvp(w, grad(w)))  # keep-score theta * H g
+    got_D = scorers.grasp(scorers.batch_loss(apply_D, x, y, T), theta_D, mask_D)
+    scale = np.abs(want_D).max()
+    assert scale > 0
+    np.testing.assert_allclose(np.asarray(got_D) / scale, want_D / scale, atol=1e-4)
+
+
+# ---------------------------------------------------------------- IMP and its control
+@pytest.fixture(scope="module")
+def imp_out():
+    """IMP with the control on TINY, layerwise, 2 levels; row 0 trains (lr 1e-2), row 1
+    barely moves (lr 1e-12), so its final losses are those of its starting points."""
+    tcfg = C.train_config(epochs=2, batch_size=16, learning_rate=1e-2)
+    pcfg = P.prune_config(mode="layerwise", finetune_epochs=1, score_batch=16)
+    run = P.make_pruning_run(TINY, tcfg, pcfg, 64, imp=True, control=True,
+                             input_shape=SHAPE)
+    densities = np.asarray([0.5, 0.25], np.float32)
+    hp = {"learning_rate": np.asarray([1e-2, 1e-12], np.float32),
+          "weight_decay": np.zeros(2, np.float32), "d_active": np.zeros(2, np.int32),
+          "densities": np.tile(densities, (2, 1))}
+    keys = vectorize.run_keys([0])
+    out = jax.device_get(vectorize.vmapped(run, keys, hp, tiny_data()))
+    return out, densities, keys[0]
+
+
+def test_imp_keeps_the_largest_surviving_magnitudes_per_layer(imp_out):
+    out, densities, _ = imp_out
+    lay = masks.model_layout(TINY, ("w",))
+    imp = out["imp/rewind0"]
+    prev_theta = np.asarray(out["dense"].params[0, 0])  # level 1 prunes the trained dense net
+    prev_mask = np.ones(lay.D, bool)
+    for level, d in enumerate(densities):
+        mask = np.asarray(imp.mask[0, 0, level])
+        assert not (mask & ~prev_mask).any()  # survivors only
+        for i in lay.prunable_leaves:
+            seg = slice(lay.offsets[i], lay.offsets[i] + lay.sizes[i])
+            kept, alive = mask[seg], prev_mask[seg]
+            assert kept.sum() == masks.kept_count(d, lay.sizes[i]), lay.names[i]
+            mag = np.abs(prev_theta[seg])
+            assert mag[kept].min() >= mag[alive & ~kept].max(), lay.names[i]
+        for i in set(range(len(lay.sizes))) - set(lay.prunable_leaves):  # biases stay
+            assert mask[lay.offsets[i]:lay.offsets[i] + lay.sizes[i]].all()
+        prev_theta, prev_mask = np.asarray(imp.theta[0, 0, level]), mask
+
+
+def test_lottery_control_trains_the_mask_from_a_fresh_init(imp_out):
+    out, densities, key = imp_out
+    _, apply_D, init_D = P.flat_model(TINY)
+    data = tiny_data()
+    k = P.run_keys(key)
+
+    def train_loss(theta_D):
+        return float(train.cross_entropy(apply_D(jnp.asarray(theta_D), data.train_x),
+                                         data.train_y))
+
+    rewound = init_D(k.init)
+    for level in range(len(densities)):
+        mask = np.asarray(out["imp/rewind0"].mask[0, 1, level], np.float32)
+        fresh = np.asarray(init_D(jax.random.fold_in(k.reinit, level)))
+        control = float(out["imp_control/rewind0"].final["train_loss"][0, 1, level])
+        ticket = float(out["imp/rewind0"].final["train_loss"][0, 1, level])
+        assert control == pytest.approx(train_loss(fresh * mask), abs=1e-5)
+        assert ticket == pytest.approx(train_loss(rewound * mask), abs=1e-5)
+        assert abs(control - ticket) > 1e-3  # a different start, not the rewound weights
+    fresh0, fresh1 = (init_D(jax.random.fold_in(k.reinit, lv)) for lv in (0, 1))
+    assert not np.allclose(fresh0, fresh1)  # a new init at every level

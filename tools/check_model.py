@@ -17,7 +17,9 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
      "layers": [...], "dense_params": 820, "nonzero_params": 820}
 
   Input: raw uint8 pixels ``p`` become ``(p / pixel_scale - mean) / std``,
-  float, shape ``H x W x C``. ``layers`` are applied in order:
+  float, shape ``H x W x C``. ``pixel_scale``, ``mean`` and ``std`` must be
+  single numbers (``std`` and ``pixel_scale`` > 0): a per-pixel array would be
+  an uncounted affine layer (28 x 28 means and stds: 1,568 hidden parameters). ``layers`` are applied in order:
 
   - ``{"kind": "conv", "name": "conv0", "kernel": k, "in": C, "out": O,
     "activation": "relu" | "prelu", "pool": true | false}``: a stride-1
@@ -50,32 +52,52 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
 
 The checker recounts the non-zero parameters from the arrays (it does not
 trust ``nonzero_params``) and reads the MNIST test IDX files itself (gzip
-or plain; only their shapes are checked).
+or plain), checking the SHA-256 of their uncompressed bytes against the
+official files' (the same values as ``subspace_jax/data.py``; repeated here so
+that this file needs nothing else). A bad model or data file is one line on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "data", "mnist")
+# SHA-256 of the uncompressed official MNIST test files (as subspace_jax/data.py).
+TEST_SHA256 = {
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
 
 
 def read_idx(directory: str, name: str) -> np.ndarray:
-    """One IDX file (``name`` or ``name.gz``) as a uint8 array of its stated shape."""
+    """One IDX file (``name`` or ``name.gz``) as a uint8 array of its stated shape,
+    after checking the SHA-256 of its uncompressed bytes (``TEST_SHA256``)."""
     path = os.path.join(directory, name)
     opener = open
     if not os.path.exists(path):
         path, opener = path + ".gz", gzip.open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    fix = (f"expected SHA-256 {TEST_SHA256.get(name)} of the uncompressed '{name}'; "
+           f"copy the official '{name}.gz' into {directory} or pass --data")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # missing, truncated or corrupt
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if name in TEST_SHA256 and digest != TEST_SHA256[name]:
+        raise ValueError(f"{path}: SHA-256 {digest} of its uncompressed bytes, so it is not "
+                         f"the official file; {fix}")
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
@@ -155,7 +177,20 @@ def forward(desc: dict, arrays: dict[str, np.ndarray], x_NHWC: np.ndarray) -> np
     return h
 
 
+def check_input(desc: dict) -> None:
+    """``pixel_scale``, ``mean`` and ``std`` are single numbers, the scales > 0."""
+    inp = desc["input"]
+    for key in ("pixel_scale", "mean", "std"):
+        v = inp.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"input.{key}={v!r}: must be one finite number (a per-pixel "
+                             "array would be parameters the count does not see)")
+        if key != "mean" and v <= 0:
+            raise ValueError(f"input.{key}={v!r}: must be > 0")
+
+
 def normalise(images_NxHxW: np.ndarray, desc: dict) -> np.ndarray:
+    check_input(desc)
     inp = desc["input"]
     x = (images_NxHxW.astype(np.float64) / inp["pixel_scale"] - inp["mean"]) / inp["std"]
     return x.reshape(len(x), *inp["shape"]) if len(inp["shape"]) == 3 else x.reshape(len(x), -1)
@@ -173,8 +208,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="images per forward pass (memory)")
     args = ap.parse_args(argv)
 
-    desc, arrays = load_model(args.model)
-    images, labels = load_test(args.data)
+    try:
+        desc, arrays = load_model(args.model)
+        check_input(desc)
+        images, labels = load_test(args.data)
+    except (ValueError, KeyError, OSError) as e:  # a bad file, not a bug here: one line
+        print(f"check_model.py: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
     correct = 0
