@@ -29,14 +29,21 @@ sees the test split: trials are scored on a zero stand-in of its shape.
 
 A diverged trial (non-finite loss) is told as pruned and a batch that raises
 is recorded with its error and its trials told as failed; neither stops the
-search. Resumable: each finished batch (every trial it asked, rejected ones
-included) is written atomically to ``runs/batch_XXXX.json``; a re-run builds
-a fresh study from those records before each batch, seeded by (seed, batch
-index), so a resumed search asks exactly what an uninterrupted one would (for
-a given Optuna version) and retrains nothing already recorded. The search
-settings are pinned in ``runs/search_config.json``; a re-run may raise
-``search.batches`` (to search on), but changing the space or budget needs a
-fresh workdir.
+search. The study lives in Optuna's SQLite storage, ``WORKDIR/study.db``
+(study ``golf``; watch it live with ``optuna-dashboard sqlite:///WORKDIR/study.db``):
+every trial with its state, value and user attributes (batch, role, status,
+dense params, per-seed accuracies), and as study user attributes the pinned
+search settings (``search_config``), each batch's asked trial numbers
+(``asked_XXXX``) and, once trained and told, its record (``batch_XXXX``).
+Resumable: each batch loads the study (``optuna.load_study``) with a sampler
+seeded by (seed, batch index), so a resumed search asks exactly what an
+uninterrupted one would (for a given Optuna version); finished batches are
+skipped and a batch interrupted during training retrains the trials it had
+asked (same numbers, same params). Only an interruption during the asks
+themselves (before any training) voids those asks and changes the search
+from there on (a line says so). A re-run may raise ``search.batches`` (to
+search on), but changing the space, budget or other pinned settings is
+refused: use a fresh workdir.
 
 Final. The trial with the best value (ties: fewer parameters) is retrained
 with ``final_seeds`` new seeds in one program; the test split is scored once
@@ -45,7 +52,7 @@ per final run, on the parameters of its best validation epoch. Reported: mean
 parameter counts; seed 0 is exported with ``export.export_model``.
 
 Writes: config.json, metrics.jsonl (one row per run and epoch, ``phase``
-search or final), runs/search_config.json, runs/batch_XXXX.json,
+search or final), study.db (the Optuna study),
 runs/final.json (per seed: accuracies, counts, the kept flat params),
 golf.npz (seed 0; check with ``python tools/check_model.py WORKDIR/golf.npz``),
 summary.json, summary.md (dense params, non-zero params, val acc, test acc,
@@ -315,21 +322,40 @@ def _sampler(cfg, batch: int):
                                           constant_liar=True)
 
 
-_STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}
+STUDY = "golf"   # the study's name inside WORKDIR/study.db
+_STATE_NAMES = {optuna.trial.TrialState.COMPLETE: "complete",
+                optuna.trial.TrialState.PRUNED: "pruned", optuna.trial.TrialState.FAIL: "fail",
+                optuna.trial.TrialState.RUNNING: "running", optuna.trial.TrialState.WAITING: "waiting"}
 
 
-def make_study(cfg, batch: int, history: list[dict]):
-    """A fresh in-memory study holding every recorded trial, in order, with the
-    sampler of batch ``batch``: the same history gives the same asks."""
+def storage_url(wd: Workdir) -> str:
+    """Optuna's SQLite storage in the workdir (``optuna-dashboard URL`` shows it)."""
+    return f"sqlite:///{wd.file('study.db')}"
+
+
+def load_study(cfg, storage, batch: int):
+    """The stored study with the sampler of batch ``batch``: the same stored
+    trials give the same asks, whether the search ran through or was resumed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=_sampler(cfg, batch))
-    dists = distributions(cfg)
-    for t in history:
-        state = optuna.trial.TrialState[_STATES[t["state"]]]
-        study.add_trial(optuna.trial.create_trial(
-            state=state, value=t["value"] if t["state"] == "complete" else None,
-            params=t["params"], distributions={k: dists[k] for k in t["params"]}))
-    return study
+    return optuna.load_study(study_name=STUDY, storage=storage, sampler=_sampler(cfg, batch))
+
+
+def trial_records(study) -> list[dict]:
+    """Every trial of the search, in order, as a dict: number, state, params,
+    value and the user attributes set when it was asked and told (batch, role,
+    status, dense_params, ...). Asks voided by an interruption are left out."""
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("role") in (None, "abandoned"):
+            continue
+        trials.append({**t.user_attrs, "number": t.number, "state": _STATE_NAMES[t.state],
+                       "params": dict(t.params), "value": t.value})
+    return trials
+
+
+def _set_attrs(trial, **attrs) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, to_jsonable(v))
 
 
 def ask_batch(cfg, study, batch: int) -> tuple[list, list[dict]]:
@@ -347,6 +373,7 @@ def ask_batch(cfg, study, batch: int) -> tuple[list, list[dict]]:
         reason, n_params = check_budget(cfg, params)
         if reason is None:
             break
+        _set_attrs(trial, batch=batch, role="rejected", status=reason, dense_params=n_params)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         rejected.append({"number": trial.number, "batch": batch, "role": "rejected",
                          "state": "pruned", "status": reason, "params": params,
@@ -360,7 +387,35 @@ def ask_batch(cfg, study, batch: int) -> tuple[list, list[dict]]:
         study.enqueue_trial(static_params(params))
         follower = study.ask()
         asked.append((follower, {name: _suggest(follower, name, d) for name, d in dists.items()}))
+    for i, (t, _) in enumerate(asked):
+        _set_attrs(t, batch=batch, role="leader" if i == 0 else "follower", dense_params=n_params)
     return asked, rejected
+
+
+def batch_trials(cfg, study, batch: int) -> list:
+    """``[(trial, params)]`` to train in batch ``batch``: the trials it asked
+    before an interruption (same numbers and params, so training them now
+    gives what an uninterrupted search got), else new asks (``ask_batch``).
+    An interruption during the asks themselves voids them: those still running
+    are told failed (role ``abandoned``) and the batch asks anew."""
+    asked_key = f"asked_{batch:04d}"
+    if asked_key in study.user_attrs:
+        numbers = study.user_attrs[asked_key]
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        return [(optuna.trial.Trial(study, by_number[n]._trial_id), by_number[n].params)
+                for n in numbers]
+    void = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("batch", batch) == batch]
+    for t in void:
+        trial = optuna.trial.Trial(study, t._trial_id)
+        _set_attrs(trial, batch=batch, role="abandoned")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    if void:
+        print(f"batch {batch + 1}: {len(void)} asks interrupted before training voided; "
+              "from here the search differs from an uninterrupted one", flush=True)
+    asked, _ = ask_batch(cfg, study, batch)
+    study.set_user_attr(asked_key, [t.number for t, _ in asked])
+    return asked
 
 
 # ---------------------------------------------------------------- training
@@ -418,8 +473,9 @@ def _history_rows(out, rows: list[dict], extra: dict) -> list[dict]:
 
 
 def run_batch(cfg, runs: _Runs, study, batch: int, data) -> tuple[dict, list[dict]]:
-    """Asks, trains and records one batch; never raises for a failed training."""
-    asked, rejected = ask_batch(cfg, study, batch)
+    """Asks (or takes up), trains and tells one batch; returns its record and
+    metrics rows. Never raises for a failed training."""
+    asked = batch_trials(cfg, study, batch)
     leader = asked[0][1]
     model = build_model(cfg, leader)
     n_params = models.arch_param_count(model.arch)
@@ -428,29 +484,32 @@ def run_batch(cfg, runs: _Runs, study, batch: int, data) -> tuple[dict, list[dic
              "weight_decay": p.get("weight_decay", 0.0)} for t, p in asked for s in seeds]
     record = {"batch": batch, "model": model.name, "dense_params": n_params,
               "static": static_params(leader)}
-    trials = [{"number": t.number, "batch": batch, "role": "leader" if i == 0 else "follower",
-               "params": p, "dense_params": n_params, "model": model.name}
-              for i, (t, p) in enumerate(asked)]
-    lines = []
+    told, lines = [], []  # (trial, attrs, state, value)
     try:
         key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _SEARCH)
         out = train_rows(runs, leader, rows, key, data, f"batch {batch + 1}")
-        for i, t in enumerate(trials):
+        for i, (t, _) in enumerate(asked):
             sl = slice(i * len(seeds), (i + 1) * len(seeds))
             val = np.asarray(out.final["val_acc"][sl], float)
             diverged = bool(np.any(out.final["diverged"][sl])) or not np.all(np.isfinite(val))
-            t.update({"state": "pruned" if diverged else "complete",
-                      "status": "diverged" if diverged else "ok",
-                      "value": None if diverged else float(val.mean()),
-                      "seeds": list(seeds), "val_acc": val,
-                      "train_acc": out.final["train_acc"][sl],
-                      "best_epoch": out.final["best_epoch"][sl]})
+            attrs = {"status": "diverged" if diverged else "ok", "model": model.name,
+                     "seeds": list(seeds), "val_acc": val, "train_acc": out.final["train_acc"][sl],
+                     "best_epoch": out.final["best_epoch"][sl]}
+            told.append((t, attrs, "pruned" if diverged else "complete",
+                         None if diverged else float(val.mean())))
         lines = _history_rows(out, rows, {"phase": "search", "batch": batch})
     except Exception as e:  # noqa: BLE001 - a failed batch never ends the search
         record.update({"error": repr(e), "traceback": traceback.format_exc()})
-        for t in trials:
-            t.update({"state": "fail", "status": "failed", "value": None})
-    record["trials"] = rejected + trials
+        told = [(t, {"status": "failed", "model": model.name}, "fail", None) for t, _ in asked]
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for t, attrs, state, value in told:
+        if t.number in finished:  # told before an interruption: the same numbers again
+            continue
+        _set_attrs(t, **attrs)
+        if state == "complete":
+            study.tell(t, value)
+        else:
+            study.tell(t, state=optuna.trial.TrialState[state.upper()])
     return record, lines
 
 
@@ -466,16 +525,24 @@ def _pinned(cfg) -> dict:
 
 
 def check_resume(cfg, wd: Workdir) -> None:
-    """Refuses to go on with a recorded search whose settings differ."""
-    name = "runs/search_config.json"
-    if not (os.path.exists(wd.file(name)) and wd.run_record("batch_0000") is not None):
+    """Refuses to go on with a recorded search whose settings differ (before
+    anything is written)."""
+    if not os.path.exists(wd.file("study.db")):
+        if os.path.exists(wd.file("runs/batch_0000.json")):
+            raise ValueError(f"{wd.path} holds a search recorded as runs/batch_*.json by an "
+                             "older version of golf.py: use a fresh --workdir.")
         return
-    recorded, pinned = wd.read_json(name), _pinned(cfg)
-    changed = [f for f in _PINNED if recorded.get(f) != pinned[f]]
+    try:
+        recorded = load_study(cfg, storage_url(wd), 0).user_attrs.get("search_config")
+    except KeyError:  # optuna: no study of that name
+        raise ValueError(f"{wd.file('study.db')} holds no study named {STUDY!r}: use a fresh "
+                         "--workdir.") from None
+    pinned = _pinned(cfg)
+    changed = [f for f in _PINNED if recorded is not None and recorded.get(f) != pinned[f]]
     if changed:
         raise ValueError(f"{wd.path} holds a search with other settings "
                          f"(config.{', config.'.join(changed)}): use a fresh --workdir or the "
-                         f"recorded values ({name}).")
+                         "recorded values (study user attribute search_config in study.db).")
 
 
 def best_trial(history: list[dict]) -> dict | None:
@@ -485,10 +552,11 @@ def best_trial(history: list[dict]) -> dict | None:
 
 
 def _batch_line(record: dict, history: list[dict]) -> str:
-    trained = [t for t in record["trials"] if t["role"] != "rejected"]
+    mine = [t for t in history if t["batch"] == record["batch"]]
+    trained = [t for t in mine if t["role"] != "rejected"]
     vals = ", ".join(f"{100 * t['value']:.2f}" if t["value"] is not None else t["status"]
                      for t in trained)
-    n_rej = len(record["trials"]) - len(trained)
+    n_rej = len(mine) - len(trained)
     best = best_trial(history)
     best_txt = (f"best so far {100 * best['value']:.2f}% (trial {best['number']}, "
                 f"{best['dense_params']:,} params)" if best else "no completed trial yet")
@@ -497,26 +565,29 @@ def _batch_line(record: dict, history: list[dict]) -> str:
 
 
 def search(cfg, wd: Workdir, data, runs: _Runs) -> list[dict]:
-    """Runs (or resumes) the search; returns every trial record, in order."""
+    """Runs (or resumes) the search in ``WORKDIR/study.db``; returns every
+    trial record, in order."""
     check_resume(cfg, wd)
-    wd.write_json("runs/search_config.json", _pinned(cfg))
-    history: list[dict] = []
+    storage = storage_url(wd)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    if "search_config" not in study.user_attrs:
+        study.set_user_attr("search_config", _pinned(cfg))
     progress = Progress(int(cfg.search.batches), "golf search")
     for b in range(int(cfg.search.batches)):
-        unit = f"batch_{b:04d}"
-        record = wd.run_record(unit)
-        if record is not None:
-            history += record["trials"]
-            progress.step(_batch_line(record, history), skipped=True)
+        study = load_study(cfg, storage, b)
+        done = study.user_attrs.get(f"batch_{b:04d}")
+        if done is not None:
+            progress.step(_batch_line(done, trial_records(study)), skipped=True)
             continue
         t0 = time.time()
-        record, lines = run_batch(cfg, runs, make_study(cfg, b, history), b, data)
+        record, lines = run_batch(cfg, runs, study, b, data)
         record["seconds"] = time.time() - t0
-        wd.finish_run(unit, record, lines)
-        record = wd.run_record(unit)  # its JSON form, exactly as a resumed search reads it
-        history += record["trials"]
-        progress.step(_batch_line(record, history), record["seconds"])
-    return history
+        wd.append_metrics(lines)
+        study.set_user_attr(f"batch_{b:04d}", to_jsonable(record))  # the batch is finished
+        progress.step(_batch_line(record, trial_records(study)), record["seconds"])
+    return trial_records(study)
 
 
 # ---------------------------------------------------------------- final

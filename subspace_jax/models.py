@@ -275,6 +275,134 @@ def from_arch(arch: dict, name: str = "from_arch") -> Model:
                          f"from arch: {len(arch['layers'])} layers")
 
 
+# ---------------------------------------------------------------- Flax models
+MNIST_SHAPE = (28, 28, 1)
+# Flax leaf names -> this project's: pruning's default prunable leaf is "w"
+# and export's layer lists say "w"/"b", so Flax kernels prune like ours.
+_FLAX_TO_OURS = {"kernel": "w", "bias": "b"}
+_OURS_TO_FLAX = {v: k for k, v in _FLAX_TO_OURS.items()}
+
+
+def _rename(tree, table: dict):
+    """Nested dict with leaf keys renamed by ``table`` (other keys kept)."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, value in tree.items():
+        new = table.get(key, key) if not isinstance(value, dict) else key
+        if new in out:
+            raise ValueError(f"Flax parameter {key!r} would be renamed to {new!r}, "
+                             "which the same layer already has")
+        out[new] = _rename(value, table)
+    return out
+
+
+def _check_logits(name: str, apply, params_like, input_shape) -> None:
+    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    out = jax.eval_shape(apply, params_like, x)
+    if len(out.shape) != 2 or out.shape[0] != 2:
+        raise ValueError(f"model {name!r}: a batch of shape {x.shape} gives output shape "
+                         f"{out.shape}; a classifier must return logits N x classes")
+
+
+def from_flax(module, input_shape: Sequence[int] = MNIST_SHAPE, name: str | None = None) -> Model:
+    """A ``flax.linen`` module as ``Model``: ``init(key)`` is ``module.init``
+    on a zero batch of ``input_shape`` (Flax's own initialisers), ``apply``
+    reshapes x to ``N x input_shape`` and calls ``module.apply``.
+
+    Params are the module's ``'params'`` collection with ``kernel``/``bias``
+    renamed ``w``/``b``. Modules with other variable collections (batch-norm
+    statistics, ...) are refused: training here is a pure function of params.
+    """
+    import flax.linen as nn  # flax is imported only for Flax models
+
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"from_flax needs a flax.linen.Module, got {type(module).__name__}")
+    name = name or type(module).__name__
+    input_shape = tuple(int(s) for s in input_shape)
+    x_1 = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), x_1)
+    extra = sorted(set(variables) - {"params"})
+    if extra:
+        raise ValueError(f"model {name!r} has variable collections {extra} besides 'params' "
+                         "(e.g. batch-norm statistics); only stateless modules are supported")
+
+    def init(key):
+        return _rename(dict(module.init(key, x_1)["params"]), _FLAX_TO_OURS)
+
+    def apply(params, x):
+        x = x.reshape(x.shape[0], *input_shape)
+        return module.apply({"params": _rename(params, _OURS_TO_FLAX)}, x)
+
+    _check_logits(name, apply, _rename(dict(variables["params"]), _FLAX_TO_OURS), input_shape)
+    return Model(name, init, apply, f"flax.linen {type(module).__name__} on {list(input_shape)}")
+
+
+def from_nnx(factory: Callable, input_shape: Sequence[int] = MNIST_SHAPE,
+             name: str | None = None) -> Model:
+    """A ``flax.nnx`` module as ``Model``. ``factory(rngs)`` builds the module;
+    ``init(key)`` builds it with ``nnx.Rngs(key)`` and keeps its ``nnx.Param``
+    state (``kernel``/``bias`` renamed ``w``/``b``). Modules holding any other
+    state (batch statistics, dropout RNG streams) are refused."""
+    from flax import nnx
+
+    name = name or getattr(factory, "__name__", "nnx_model")
+    input_shape = tuple(int(s) for s in input_shape)
+    graphdef, abstract, rest = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(0))),
+                                         nnx.Param, ...)
+    kinds = sorted({type(v).__name__ for v in jax.tree.leaves(
+        rest, is_leaf=lambda v: isinstance(v, nnx.Variable))})
+    if kinds:
+        raise ValueError(f"model {name!r} holds state besides nnx.Param ({', '.join(kinds)}); "
+                         "only stateless modules are supported")
+
+    def init(key):
+        _, params, _ = nnx.split(factory(nnx.Rngs(key)), nnx.Param, ...)
+        return _rename(params.to_pure_dict(), _FLAX_TO_OURS)
+
+    def apply(params, x):
+        state = jax.tree.map(lambda a: a, abstract)  # a fresh State to fill
+        state.replace_by_pure_dict(_rename(params, _OURS_TO_FLAX))
+        return nnx.merge(graphdef, state)(x.reshape(x.shape[0], *input_shape))
+
+    _check_logits(name, apply, _rename(abstract.to_pure_dict(), _FLAX_TO_OURS), input_shape)
+    return Model(name, init, apply, f"flax.nnx {name} on {list(input_shape)}")
+
+
+def from_factory(spec: str, input_shape: Sequence[int] = MNIST_SHAPE) -> Model:
+    """``'package.module:Factory'`` -> Model. ``Factory`` is a callable that
+    returns a ``flax.linen`` module (called with no arguments), a ``flax.nnx``
+    module (if it takes an ``rngs`` argument: called with ``nnx.Rngs``), or a
+    ``Model``. The Model is named ``spec``, so records and files carry it."""
+    import importlib
+    import inspect
+
+    module_path, _, attr = spec.partition(":")
+    how = ("config field model: 'package.module:Factory', a callable on the Python path "
+           "returning a flax.linen module, a flax.nnx module (taking rngs) or a Model")
+    try:
+        factory = getattr(importlib.import_module(module_path), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"model {spec!r} cannot be loaded ({e}); {how}.") from None
+    if not callable(factory):
+        raise ValueError(f"model {spec!r}: {attr} is not callable; {how}.")
+    try:
+        # A class's metaclass may hide its __init__ from inspect.signature.
+        target = factory.__init__ if isinstance(factory, type) else factory
+        takes_rngs = "rngs" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_rngs = False
+    if takes_rngs:
+        return from_nnx(lambda rngs: factory(rngs=rngs), input_shape, spec)
+    built = factory()
+    if isinstance(built, Model):
+        return dataclasses.replace(built, name=spec)
+    import flax.linen as nn
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"model {spec!r}: {attr}() returned {type(built).__name__}; {how}.")
+    return from_flax(built, input_shape, spec)
+
+
 # ---------------------------------------------------------------- registry
 _REGISTRY: dict[str, Callable[[], Model]] = {
     # Li et al. 2018 / greydanus 2017 subspace papers.
@@ -300,10 +428,14 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> Model:
+def get(name: str, input_shape: Sequence[int] = MNIST_SHAPE) -> Model:
+    """A registered model, or ``'package.module:Factory'`` (see ``from_factory``)
+    built for ``input_shape`` (registered models are fixed to MNIST)."""
+    if ":" in name:
+        return from_factory(name, input_shape)
     if name not in _REGISTRY:
         raise ConfigError(f"Unknown model {name!r} (config field model); valid: "
-                          f"{', '.join(names())}.")
+                          f"{', '.join(names())}, or 'package.module:Factory' for a Flax model.")
     return _REGISTRY[name]()
 
 

@@ -5,11 +5,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optuna
 import pytest
 
 from experiments import golf
-from subspace_jax import data, export, models
+from subspace_jax import data, export, models, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,21 +124,39 @@ def _quick_cfg():
     return cfg
 
 
-def test_quick_end_to_end_resume_and_export(tmp_path):
+def _records(workdir):
+    """Every trial of the stored study, as the search reads it back."""
+    study = optuna.load_study(study_name=golf.STUDY, storage=f"sqlite:///{workdir}/study.db")
+    return golf.trial_records(study), study
+
+
+def _asks(trials):
+    return [(t["number"], t["role"], t["state"], t["params"], t["value"]) for t in trials]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One uninterrupted quick search (shared: it compiles and trains)."""
+    path = tmp_path_factory.mktemp("golf_quick")
     cfg = _quick_cfg()
-    summary = golf.run(cfg, str(tmp_path))
+    return cfg, path, golf.run(cfg, str(path))
+
+
+def test_quick_end_to_end_resume_and_export(quick_run):
+    cfg, tmp_path, summary = quick_run
     for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md",
-                 "accuracy_vs_params.png", "golf.npz", "runs/search_config.json",
-                 "runs/batch_0000.json", "runs/batch_0001.json", "runs/final.json"):
+                 "accuracy_vs_params.png", "golf.npz", "study.db", "runs/final.json"):
         assert (tmp_path / name).exists(), name
-    trials = [t for b in (0, 1) for t in
-              json.loads((tmp_path / "runs" / f"batch_{b:04d}.json").read_text())["trials"]]
+    trials, study = _records(tmp_path)
     assert [t["number"] for t in trials] == list(range(len(trials)))
+    assert {"search_config", "batch_0000", "batch_0001"} <= set(study.user_attrs)
     trained = [t for t in trials if t["role"] != "rejected"]
     assert len(trained) == 4 and all(t["dense_params"] <= cfg.budget for t in trained)
     assert all("test_acc" not in t for t in trials)       # the search never sees test
     lrs = {t["params"]["learning_rate"] for t in trained}
     assert len(lrs) == 4                                  # followers differ in lr
+    assert [t["batch"] for t in trained] == [0, 0, 1, 1]
+    assert all(t["state"] == "complete" and t["value"] == np.mean(t["val_acc"]) for t in trained)
 
     final = summary["final"]
     assert final["seeds"] == 2 and len(final["per_seed"]) == 2
@@ -154,31 +174,95 @@ def test_quick_end_to_end_resume_and_export(tmp_path):
     assert abs(acc - seed0["test_acc"]) < 1e-6
     assert check.nonzero_count(arrays) == desc["nonzero_params"] == seed0["nonzero_params"]
 
-    # Resumed: nothing retrains, the export is rebuilt from the records.
+    # Resumed: nothing retrains or is asked again, the export is rebuilt from the records.
     metrics = (tmp_path / "metrics.jsonl").read_text()
-    batch0 = (tmp_path / "runs" / "batch_0000.json").read_text()
     (tmp_path / "golf.npz").unlink()
     again = golf.run(cfg, str(tmp_path))
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
-    assert (tmp_path / "runs" / "batch_0000.json").read_text() == batch0
+    assert _asks(_records(tmp_path)[0]) == _asks(trials)
     assert again == json.loads((tmp_path / "summary.json").read_text())
     assert again["final"] == json.loads(json.dumps(summary["final"]))
     assert (tmp_path / "golf.npz").exists()
 
-    cfg.space.learning_rate = (1e-3, 1e-2)    # a different search: refused, files untouched
-    with pytest.raises(ValueError, match="config.space"):
-        golf.run(cfg, str(tmp_path))
+    changed = _quick_cfg()
+    changed.space.learning_rate = (1e-3, 1e-2)    # a different search: refused, files untouched
+    with pytest.raises(ValueError, match=r"other settings \(config\.space\)"):
+        golf.run(changed, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["space"]["learning_rate"] == [
         0.01, 0.05]
+    assert len(_records(tmp_path)[1].trials) == len(study.trials)
+
+
+def test_search_interrupted_in_training_resumes_as_if_uninterrupted(quick_run, tmp_path,
+                                                                     monkeypatch):
+    cfg, reference, _ = quick_run
+    calls = []
+    train_rows = golf.train_rows
+
+    def interrupted(*args, **kwargs):  # batch 2's training is cut off (Ctrl-C)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_rows(*args, **kwargs)
+    monkeypatch.setattr(golf, "train_rows", interrupted)
+    # The search alone (as golf.run calls it), one compiled program for both tries.
+    wd, ds, dat = sweep.prepare(cfg, str(tmp_path))
+    runs = golf._Runs(cfg, len(ds.train_y))
+    dat = dat._replace(test_x=jnp.zeros_like(dat.test_x), test_y=jnp.zeros_like(dat.test_y))
+    with pytest.raises(KeyboardInterrupt):
+        golf.search(cfg, wd, dat, runs)
+    partial, study = _records(tmp_path)
+    assert "batch_0001" not in study.user_attrs and "asked_0001" in study.user_attrs
+    assert {t["state"] for t in partial if t["batch"] == 1 and t["role"] != "rejected"} == \
+        {"running"}
+    golf.search(cfg, wd, dat, runs)
+    # The same asks, numbers and values as the search that ran through.
+    assert _asks(_records(tmp_path)[0]) == _asks(_records(reference)[0])
+    search_lines = [line for line in (reference / "metrics.jsonl").read_text().splitlines()
+                    if '"phase": "search"' in line]
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == search_lines
+
+
+def test_search_interrupted_while_asking_voids_those_asks(tmp_path, monkeypatch):
+    monkeypatch.setattr(golf, "train_rows", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("boom")))  # no training, no compilation
+    check_budget, calls = golf.check_budget, []
+
+    def cut(cfg, params):  # the first ask of batch 2 is cut off before it is told
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return check_budget(cfg, params)
+    monkeypatch.setattr(golf, "check_budget", cut)
+    with pytest.raises(KeyboardInterrupt):
+        golf.run(_quick_cfg(), str(tmp_path))
+    monkeypatch.setattr(golf, "check_budget", check_budget)
+    golf.run(_quick_cfg(), str(tmp_path))
+    trials, study = _records(tmp_path)
+    void = [t for t in study.trials if t.user_attrs.get("role") == "abandoned"]
+    assert len(void) == 1 and void[0].state == optuna.trial.TrialState.FAIL
+    assert void[0].number not in [t["number"] for t in trials]
+    assert [t["batch"] for t in trials] == [0, 0, 1, 1]
+
+
+def test_an_old_json_record_workdir_is_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "batch_0000.json").write_text("{}")
+    with pytest.raises(ValueError, match="older version"):
+        golf.run(_quick_cfg(), str(tmp_path))
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_budget_is_respected_before_training_and_asks_are_deterministic():
     cfg = golf.get_config()
     cfg.budget = 200
-    history, n_rejected = [], 0
+    storages = [optuna.storages.InMemoryStorage() for _ in range(2)]
+    for st in storages:
+        optuna.create_study(study_name=golf.STUDY, storage=st, direction="maximize")
+    n_rejected = 0
     for batch in (0, 2):                           # a random batch, then a TPE batch
-        asked, rejected = golf.ask_batch(cfg, golf.make_study(cfg, batch, history), batch)
-        again, _ = golf.ask_batch(cfg, golf.make_study(cfg, batch, history), batch)
+        (asked, rejected), (again, _) = [golf.ask_batch(cfg, golf.load_study(cfg, st, batch),
+                                                        batch) for st in storages]
         assert [p for _, p in asked] == [p for _, p in again]
         leader = asked[0][1]
         reason, n = golf.check_budget(cfg, leader)
@@ -188,9 +272,10 @@ def test_budget_is_respected_before_training_and_asks_are_deterministic():
         n_rejected += len(rejected)
         assert all(golf.static_params(p) == golf.static_params(leader) for _, p in asked)
         assert len({p["learning_rate"] for _, p in asked}) == cfg.search.trials_per_batch
-        # As run_batch records them: the next batch's study is rebuilt from these.
-        history += rejected + [{"number": t.number, "state": "complete", "value": 0.5,
-                                "params": p} for t, p in asked]
+        for st, trials in zip(storages, (asked, again)):  # told alike: the next asks agree
+            study = golf.load_study(cfg, st, batch)
+            for t, _ in trials:
+                study.tell(t.number, 0.5)
     assert n_rejected > 0   # most of the space is over 200 params
 
 
@@ -235,8 +320,9 @@ def test_a_failed_batch_is_recorded_and_never_stops_the_search(tmp_path, monkeyp
     monkeypatch.setattr(golf, "train_rows", boom)     # no training, no compilation
     summary = golf.run(_quick_cfg(), str(tmp_path))
     assert summary["search"]["failed"] == 4 and summary["final"] is None
+    trials, study = _records(tmp_path)
     for b in (0, 1):
-        record = json.loads((tmp_path / "runs" / f"batch_{b:04d}.json").read_text())
-        assert "boom" in record["error"]
-        assert {t["status"] for t in record["trials"]} == {"failed"}
+        assert "boom" in study.user_attrs[f"batch_{b:04d}"]["error"]
+        assert {t["status"] for t in trials if t["batch"] == b} == {"failed"}
+        assert {t["state"] for t in trials if t["batch"] == b} == {"fail"}
     assert (tmp_path / "summary.md").exists() and not (tmp_path / "golf.npz").exists()
