@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ from experiments import golf_prune
 from subspace_jax import config as C
 from subspace_jax import data, export, models, train
 from subspace_jax.pruning import brute_force as bf
+from subspace_jax.workdir import Workdir
 
 LINEAR = models.mlp("bf_linear", (), n_in=16, n_out=2)    # x: N x 4 x 4 x 1
 TEACHER = models.mlp("bf_teacher", (5,), n_in=16, n_out=3)
@@ -84,6 +87,67 @@ def test_irrelevant_weight_goes_before_a_useful_one(threshold):
         assert 0.3 <= out.history[-1]["val_acc"] < 0.7
 
 
+def split_case(n=200):
+    """The halves disagree: feature 2 is zero on the choosing half, so its weight looks free
+    there, but the deciding half's labels need it (y = x0 + x2 > 0)."""
+    rng = np.random.default_rng(2)
+    x = np.zeros((n, 16), np.float32)
+    x[:, 0] = rng.normal(size=n)
+    x[n // 2:, 2] = rng.normal(size=n - n // 2)
+    y = (x[:, 0] + x[:, 2] > 0).astype(np.int32)
+    w = np.zeros((16, 2), np.float32)
+    w[0, 1] = w[2, 1] = 5.0
+    params = {"dense0": {"w": jnp.asarray(w), "b": jnp.zeros(2)}}
+    without_w2 = float(((x[n // 2:, 0] > 0) == y[n // 2:]).mean())  # deciding acc without it
+    return params, x.reshape(n, *SHAPE), y, without_w2
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_the_half_that_chose_nothing_decides(refused):
+    params, x, y, without_w2 = split_case()
+    w2 = _flat_index(params, "dense0", "w", 2, 1)
+    assert 0.6 < without_w2 < 0.9
+    # A bar between: the deciding half keeps w2 (refused) or lets it go.
+    threshold = without_w2 + (0.05 if refused else -0.05)
+    s = bf.Settings(threshold=threshold, margin=0.0, candidate_chunk=4, eval_chunk=50)
+    hv = bf.make_halves(LINEAR.apply, params, x, y, eval_chunk=50, candidate_chunk=4)
+    theta_D = np.asarray(ravel_pytree(params)[0])
+    idx, correct, _ = hv.choose.candidates(theta_D, bf.start_mask(theta_D, hv.lay))
+    # The choosing half would accept removing w2 at no cost (and nothing else) ...
+    assert list(idx[correct >= bf.required_correct(threshold, 100)]) == [w2]
+    assert correct[list(idx).index(w2)] == 100
+    out = bf.prune(LINEAR.apply, params, x, y, settings=s, log=None)
+    if refused:  # ... the deciding half refuses it: nothing is removed
+        assert out.stop == "refused" and len(out.history) == 1
+        assert out.mask_D[w2] == 1 and out.history[0]["decide_acc"] == 1.0
+        assert out.history[0]["refused"]["decide_correct_tried"][-1] == round(100 * without_w2)
+    else:  # ... or accepts it, and then the choosing half has no eligible candidate left
+        assert out.stop == "threshold" and [h["removed"] for h in out.history[1:]] == [[w2]]
+        assert out.history[-1]["val_acc"] == 1.0
+        assert out.history[-1]["decide_acc"] == pytest.approx(without_w2)
+
+
+def test_finetuned_weights_kept_only_if_the_deciding_half_still_meets_the_bar():
+    params, x, y, without_w2 = split_case()
+    w0, w2 = (_flat_index(params, "dense0", "w", i, 1) for i in (0, 2))
+    hv = bf.make_halves(LINEAR.apply, params, x, y, eval_chunk=50)
+    theta_D = np.asarray(ravel_pytree(params)[0])
+    mask_D = np.ones_like(theta_D)
+    sc = hv.scores(theta_D, mask_D)
+
+    def fake_finetune(th, m, step):  # better on the choosing half (lower loss), w2 lost
+        out = np.array(th)
+        out[w0], out[w2] = 8.0, 0.0
+        return out
+
+    need = bf.required_correct(without_w2 + 0.05, 100)
+    _, new, kept = bf.maybe_finetune(fake_finetune, hv, theta_D, mask_D, 1, sc, need)
+    assert new == sc and not kept                          # refused on the deciding half
+    th, new, kept = bf.maybe_finetune(fake_finetune, hv, theta_D, mask_D, 1, sc)
+    assert kept and new["val_loss"] < sc["val_loss"] and th[w0] == 8.0   # no bar: kept
+    assert new["decide_correct"] == round(100 * without_w2)
+
+
 PRELU_CNN = models.cnn("bf_cnn", (2,), (3,), (True,), activation="prelu", in_size=8)  # 212
 
 
@@ -120,22 +184,34 @@ def test_candidates_vmapped_equal_a_python_loop(model):
 
 def test_threshold_respected_zeros_exact_deterministic_and_compiled_once():
     params, x, y = teacher_case()
-    s = bf.Settings(threshold=0.8, margin=0.05, candidate_chunk=16, eval_chunk=64)
-    need = bf.required_correct(0.85, len(y))
+    s = bf.Settings(threshold=0.8, margin=0.05, candidate_chunk=16, eval_chunk=50)
+    half = len(y) // 2  # the first half chooses, the second decides
+    need = bf.required_correct(0.85, half)
     before = bf.evaluate_removals._cache_size()
     out = bf.prune(TEACHER.apply, params, x, y, settings=s, log=None)
     compiled = bf.evaluate_removals._cache_size() - before
     assert compiled <= len(bf.leaf_groups(bf.masks.layout(params, bf.every_parameter)))
-    assert out.stop == "threshold" and len(out.history) > 3
-    assert all(h["val_correct"] >= need for h in out.history)
-    # Independently re-evaluated: the final network meets threshold + margin ...
-    c, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x, y)
+    assert out.stop in ("threshold", "refused") and len(out.history) > 3
+    assert all(h["val_correct"] >= need and h["decide_correct"] >= need for h in out.history)
+    # Independently re-evaluated: the final network meets threshold + margin on each half ...
+    c, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[:half], y[:half])
+    d, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[half:], y[half:])
     assert c == out.history[-1]["val_correct"] >= need
-    # ... and no single further removal would (that is why it stopped).
+    assert d == out.history[-1]["decide_correct"] >= need
+    # ... and the stop is explained: no single further removal keeps the choosing half
+    # (threshold), or the deciding half refuses the best one the choosing half ranked.
+    half_evals = []
     for i in np.flatnonzero(out.mask_D):
         m = out.mask_D.copy()
         m[i] = 0
-        assert _loop_eval(TEACHER.apply, params, out.theta_D, m, x, y)[0] < need
+        half_evals.append((_loop_eval(TEACHER.apply, params, out.theta_D, m, x[:half],
+                                      y[:half]), i, m))
+    if out.stop == "threshold":
+        assert all(c < need for (c, _), _, _ in half_evals)
+    else:
+        (c, _), i, m = min(half_evals, key=lambda e: (-e[0][0], e[0][1], e[1]))
+        assert c >= need
+        assert _loop_eval(TEACHER.apply, params, out.theta_D, m, x[half:], y[half:])[0] < need
     # Pruned entries are exactly +0.0, in the flat vector and in the params pytree.
     dead = out.mask_D == 0
     assert dead.sum() > 0 and np.all(out.theta_D[dead] == 0) and not np.signbit(
@@ -166,7 +242,7 @@ def test_resume_continues_the_same_path():
         resumed = bf.prune(TEACHER.apply, params, x, y, settings=s, log=None, resume=state)
         assert _strip(resumed.history) == _strip(full.history)
         np.testing.assert_array_equal(resumed.mask_D, full.mask_D)
-        assert resumed.stop == full.stop == "threshold"
+        assert resumed.stop == full.stop in ("threshold", "refused")
 
 
 def test_schedule_helpers():
@@ -189,35 +265,36 @@ def test_schedule_helpers():
 def test_finetune_hook_and_comparison_counts():
     params, x, y = teacher_case()
     theta_D = np.asarray(ravel_pytree(params)[0])
-    ev = bf.make_evaluator(TEACHER.apply, params, x, y, eval_chunk=64)
+    hv = bf.make_halves(TEACHER.apply, params, x, y, eval_chunk=50)
     mask_D = np.ones_like(theta_D)
     counts = [80, 50, 30]
-    rows, th, m = bf.prune_along(bf.magnitude_score, ev, theta_D, mask_D, counts)
+    rows, th, m = bf.prune_along(bf.magnitude_score, hv, theta_D, mask_D, counts)
     assert [r["prunable_kept"] for r in rows] == counts
     assert np.all(th[m == 0] == 0) and int(m.sum()) == 30
     keep = np.argsort(-np.abs(theta_D), kind="stable")[:30]  # magnitude one-shot = iterative
     assert set(np.flatnonzero(m)) == set(keep)
     obd = bf.make_obd_score(TEACHER.apply, params, x, y)
-    rows, th, m = bf.prune_along(obd, ev, theta_D, mask_D, counts)
+    rows, th, m = bf.prune_along(obd, hv, theta_D, mask_D, counts)
+    assert all(0 <= r["decide_acc"] <= 1 and r["decide_correct"] >= 0 for r in rows)
     assert [r["prunable_kept"] for r in rows] == counts and np.all(th[m == 0] == 0)
 
     data = train.Data(*(jnp.asarray(a) for a in (x, y, x[:64], y[:64], x[:8], y[:8])))
     ft = bf.make_finetune(TEACHER, C.train_config(epochs=1, batch_size=32, eval_chunk=32), data)
     tuned = ft(th, m, 0)
     assert np.all(tuned[m == 0] == 0) and not np.array_equal(tuned, th)
-    rows, th2, m2 = bf.prune_along(bf.magnitude_score, ev, theta_D, mask_D, counts, finetune=ft)
+    rows, th2, m2 = bf.prune_along(bf.magnitude_score, hv, theta_D, mask_D, counts, finetune=ft)
     assert [r["prunable_kept"] for r in rows] == counts and np.all(th2[m2 == 0] == 0)
     assert all(r["finetuned"] in (True, False) for r in rows)
 
-    # Brute force with the hook: fine-tuned weights are kept only when validation improves,
-    # pruned ones stay exactly zero, and the threshold holds after every pass.
-    s = bf.Settings(threshold=0.7, margin=0.05, eval_chunk=64, max_passes=6)
+    # Brute force with the hook: fine-tuned weights are kept only when the choosing half
+    # improves, pruned ones stay exactly zero, and the threshold holds after every pass.
+    s = bf.Settings(threshold=0.5, margin=0.05, eval_chunk=32, max_passes=6)
     out = bf.prune(TEACHER.apply, params, x[:64], y[:64], settings=s, finetune=ft, log=None)
     assert len(out.history) == 7 and all(h["finetuned"] in (True, False) for h in out.history[1:])
-    need = bf.required_correct(0.75, 64)
-    assert all(h["val_correct"] >= need for h in out.history)
+    need = bf.required_correct(0.55, 32)
+    assert all(h["val_correct"] >= need and h["decide_correct"] >= need for h in out.history)
     assert np.all(out.theta_D[out.mask_D == 0] == 0)
-    assert _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[:64], y[:64])[0] == (
+    assert _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[:32], y[:32])[0] == (
         out.history[-1]["val_correct"])
 
 
@@ -246,7 +323,12 @@ def test_golf_prune_quick_end_to_end_and_resume(tmp_path):
     assert set(final) == {"start", "brute_force", "magnitude", "obd"}
     kept = summary["brute_force"][-1]["prunable_kept"]
     assert all(rows[-1]["prunable_kept"] == kept for rows in summary["compare"].values())
-    assert all(r["val_acc"] >= cfg.threshold for r in summary["brute_force"])
+    assert all(min(r["val_acc"], r["decide_acc"]) >= cfg.threshold
+               for r in summary["brute_force"])
+    assert summary["choose_size"] == summary["decide_size"] == 64
+    assert all({"val_acc", "decide_acc", "test_acc"} <= set(r) for r in final.values())
+    assert "| val acc % (chooses) | val acc % (decides) | test acc % |" in (
+        tmp_path / "summary.md").read_text()
     # The export holds the pruned network; its description has the non-zero count.
     desc, arrays = export.load(str(tmp_path / "pruned.npz"))
     nonzero = sum(int(np.count_nonzero(a)) for a in arrays.values())
@@ -282,3 +364,59 @@ def test_golf_prune_model_file_errors(tmp_path):
     cfg.data.val_size = 128
     with pytest.raises(ValueError, match="model_file=.*not a model exported"):
         golf_prune.run(cfg, str(tmp_path))
+
+
+def _checker():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("check_model",
+                                                  os.path.join(root, "tools", "check_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_golf_prune_takes_a_seed_of_a_golf_final(tmp_path):
+    from experiments import golf
+    gcfg = golf.get_config(quick=True)
+    recipe = {"c0": 2, "c1": 2, "c2": 2, "k0": 3, "k1": 3, "k2": 3, "activation": "prelu",
+              "separable": False, "gap": True, "learning_rate": 0.01}
+    model = golf.build_model(gcfg, recipe)
+    size = models.arch_param_count(model.arch)
+    rng = np.random.default_rng(0)
+    thetas = [rng.normal(size=size).astype(np.float32) for _ in range(3)]
+    thetas[2][:5] = 0.0
+    gdir = tmp_path / "golf"
+    (gdir / "runs").mkdir(parents=True)
+    (gdir / "config.json").write_text(json.dumps(gcfg.to_dict()))
+    records = [{"seed": k, "status": "diverged" if k == 1 else "ok", "val_acc": 0.9,
+                "theta": t.tolist()} for k, t in enumerate(thetas)]
+    (gdir / "runs" / "final.json").write_text(json.dumps(
+        {"trial": 3, "model": model.name, "params": recipe, "records": records}))
+
+    cfg = golf_prune.get_config()
+    cfg.golf_workdir = str(gdir)
+    cfg.golf_seed = 2
+    golf_prune.validate(cfg)
+    path = golf_prune.export_golf_seed(cfg, Workdir(str(tmp_path / "wd")))
+    assert os.path.basename(path) == "golf_seed2.npz"
+    # The NumPy checker reads the exported seed as the golf model with that seed's theta.
+    check = _checker()
+    desc, arrays = check.load_model(path)
+    assert check.nonzero_count(arrays) == desc["nonzero_params"] == size - 5
+    x = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
+    want = np.asarray(jax.jit(model.apply)(golf.unflatten(model, thetas[2]), x))
+    np.testing.assert_allclose(check.forward(desc, arrays, x), want, rtol=1e-4, atol=1e-4)
+    # Exporting again gives the same run key (content, not zip timestamps).
+    assert golf_prune._model_digest(path) == golf_prune._model_digest(
+        golf_prune.export_golf_seed(cfg, Workdir(str(tmp_path / "wd2"))))
+    # Bad input: one message naming the field and what would be valid.
+    for seed, why in ((1, "diverged"), (7, "not a final seed")):
+        cfg.golf_seed = seed
+        with pytest.raises(ValueError, match=f"config.golf_seed={seed}: {why}.*valid: 0, 2"):
+            golf_prune.validate(cfg)
+    cfg.golf_workdir = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="config.golf_workdir=.*no .*config.json"):
+        golf_prune.validate(cfg)
+    cfg.model_file = path
+    with pytest.raises(ValueError, match="not both"):
+        golf_prune.validate(cfg)

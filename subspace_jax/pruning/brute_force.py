@@ -4,52 +4,77 @@ Neural golf asks for the fewest non-zero parameters at >= 98% (or 99%) MNIST
 test accuracy, where weights, biases and PReLU slopes all count. So by
 default *every* parameter is prunable (``prunable=None``; pass leaf names or
 a ``(name, leaf) -> bool`` rule to restrict it, as in ``masks.layout``).
-Every decision below is made on the validation split; the caller scores the
-final network once on the test set.
+
+The rule: the split that chooses never decides. The validation split is cut
+in two as ``train.split_validation`` does (the first ``n // 2`` images, the
+same ones a fine-tuning ``train.make_run`` chooses its epoch on):
+
+* the *choosing* half (``val_*`` in the history) ranks the candidates, says
+  which are eligible, plans how many to remove and says whether fine-tuned
+  weights are better;
+* the *deciding* half (``decide_*``) chose nothing: it verifies each planned
+  removal (the back-off), stops the pruning and carries the final claim
+  "accuracy >= threshold + margin". A fine-tuned network is kept only if it
+  is better on the choosing half AND still meets the requirement on the
+  deciding half.
+
+The caller scores the final network once on the test set.
 
 One *pass*:
 
-1. Candidates: for every alive prunable weight c, the validation correct
+1. Candidates: for every alive prunable weight c, the choosing half's correct
    count and mean loss of the current network with c set to zero.
 2. Ranking: higher accuracy first, then lower loss, then lower flat index
    (deterministic ties).
-3. Eligible: candidates whose accuracy stays >= ``threshold + margin``. If
-   none is, pruning stops (``stop="threshold"``).
-4. How many to remove, k: the cost of candidate c is the number of validation
+3. Eligible: candidates whose choosing-half accuracy stays >= ``threshold +
+   margin``. If none is, pruning stops (``stop="threshold"``).
+4. How many to remove, k: the cost of candidate c is the number of choosing
    images it loses, base - correct_c (negative if removing it helps). Take
    ranked eligible candidates while their summed positive costs fit in
    ``slack_use`` (default half) of the slack, base - required; at least 1 and
    at most ``max_fraction`` of the alive prunable weights (and
    ``max_remove``). k therefore shrinks as accuracy nears the threshold:
-   e.g. with 100 images of slack a pass may take every free removal up to
+   e.g. with 50 images of slack a pass may take every free removal up to
    the cap, with 3 images of slack it takes the free ones plus one costing 1.
-5. Verification with back-off: costs do not add (removals interact), so the
-   top k, ceil(k/2), ceil(k/4), ..., 1 together are evaluated in one
-   vmapped call and the largest prefix that still meets ``threshold +
-   margin`` is removed. The top 1 always passes (it was eligible), so every
-   pass removes at least one weight and validation accuracy never drops
-   below ``threshold + margin``.
+5. Verification with back-off, on the deciding half: costs do not add
+   (removals interact), so the top k, ceil(k/2), ceil(k/4), ..., 1 together
+   are evaluated in one vmapped call and the largest prefix whose deciding
+   accuracy still meets ``threshold + margin`` is removed (among the
+   prefixes the choosing half, which planned them, would keep too: a
+   choice). If not even the top 1 does, pruning stops (``stop="refused"``):
+   the choosing half would accept the removal, the half that chose nothing
+   refuses it. So neither half's accuracy ever drops below ``threshold +
+   margin``.
 6. Optional fine-tuning (``finetune(theta_D, mask_D, step) -> theta_D``, e.g.
-   ``make_finetune``: masked ``train.make_run``, a few epochs) after every
-   ``finetune_every``-th pass. The fine-tuned weights are kept only if their
-   validation (accuracy, then loss) is better; pruned weights stay exactly
-   zero either way.
+   ``make_finetune``: masked ``train.make_run``, a few epochs, its epoch
+   chosen on the choosing half) after every ``finetune_every``-th pass. The
+   fine-tuned weights are kept only if their choosing (accuracy, then loss)
+   is better and their deciding accuracy still meets ``threshold + margin``;
+   pruned weights stay exactly zero either way.
 
-The margin. The binomial standard error of an accuracy near p = 98% on
-n = 10,000 validation images is sqrt(p (1 - p) / n) = 0.14% (0.10% at 99%).
-A test score of the same network on another 10,000 images differs from its
-validation score with standard error sqrt(2) x 0.14% = 0.20%, so even
-without selection a one-sided 95% guarantee needs 1.645 x 0.20% = 0.33%.
-Greedy selection makes it worse: hundreds of removals are each the best of
-hundreds of candidates on the *same* images, so the final validation
-accuracy is optimistic by an amount this code cannot compute (the test score
-at the end measures it). ``MARGIN`` = 0.4% (about 3 standard errors at 98%,
-4 at 99%) is 0.33% plus a little for that selection bias; a guess to be
-checked against the final test scores, not a measured number.
+The margin, for the deciding half of the default 10,000 validation images
+(n = 5,000) and the test split (10,000). The binomial sd of an accuracy near
+p = 98% is sqrt(p (1 - p) / n) = 0.198% on 5,000 images and 0.140% on 10,000,
+so a test score differs from a deciding score of the same network with sd
+sqrt(0.198^2 + 0.140^2) = 0.243%, and even without any selection a one-sided
+95% guarantee needs 1.645 x 0.243% = 0.40% (0.28% at 99%). What is left of
+the selection: the deciding half ranks nothing, but every accepted removal
+had to pass its gate (and the back-off takes the largest of ~7 prefixes that
+passes), so the final network is the last one of a chain that was stopped
+when the gate first refused: an optional-stopping effect. Its size is about
+the sd of the *difference* between networks one removal apart on 5,000
+images, sqrt(changed predictions) / 5,000: 0.06-0.14% for 10-50 changed
+predictions; much smaller than ranking hundreds of candidates on the same
+images, which on the previous protocol cost 0.50-0.68 points from
+validation to test (golf seeds 0-2, README). ``MARGIN`` = 0.5% is 0.40% plus
+0.1% for that; an estimate to be checked against the final test scores, not
+a measured number. The price: half the images decide, so a claim is 1.4x
+noisier than on all 10,000 (0.198% vs 0.140% sd at 98%), and ranking on
+5,000 images confuses more near-tied candidates.
 
 Cost. Scoring the candidates is one forward pass of the network over the
-validation split per alive prunable weight: 820 x 10,000 images per pass
-for ``golf_prelu``. Two things make that affordable on a CPU:
+choosing half per alive prunable weight: 820 x 5,000 images per pass for
+``golf_prelu`` (half of what scoring on all 10,000 cost). Two things make that affordable on a CPU:
 
 * Candidates are vmapped in chunks of ``candidate_chunk`` (one compiled
   program per chunk shape, reused by every pass), scanning the validation
@@ -70,8 +95,9 @@ is used up; interactions cut it further: on golf_prelu after one epoch of
 training, 64 planned removals with near-zero individual cost together lost
 far more than the slack, and the back-off kept 4 per pass.
 
-Measured (golf_prelu, 820 params, trained 1 epoch to 93.9% validation
-accuracy, all 10,000 validation images, defaults ``candidate_chunk=64``,
+Measured on the previous protocol (candidates scored on all 10,000
+validation images; golf_prelu, 820 params, trained 1 epoch to 93.9% validation
+accuracy, defaults ``candidate_chunk=64``,
 ``eval_chunk=100``; this project's 2-core CPU shared with other jobs, load
 average ~5, 2026-11-22): 12-15 s per pass once compiled, 19 s for the first
 pass (six compilations of ~2 s). Per layer group: conv0 (72 candidates, each
@@ -85,6 +111,9 @@ along the same schedule of kept counts as the brute-force path, iteratively
 weights when the same ``finetune`` hook is given; without fine-tuning,
 iterative magnitude equals one-shot magnitude), global selection on the raw
 scores without the layer-collapse guard (brute force may empty a layer too).
+The arms follow counts, not a requirement, so their fine-tuned weights are
+kept if better on the choosing half alone (no gate on the deciding half,
+which thus stays an unbiased score of each arm); both halves are recorded.
 """
 
 from __future__ import annotations
@@ -103,15 +132,16 @@ from subspace_jax import config as C
 from subspace_jax import train
 from subspace_jax.pruning import masks, scorers
 
-MARGIN = 0.004  # see the module docstring: ~3 binomial standard errors at 98% on 10,000 images
-STOPS = ("threshold", "max_passes", "all_pruned", "start_below_threshold")
+MARGIN = 0.005  # module docstring: one-sided 95% deciding half (5,000) vs test, + 0.1% for the gate
+STOPS = ("threshold", "refused", "max_passes", "all_pruned", "start_below_threshold")
+SCORES = ("val_correct", "val_loss", "decide_correct", "decide_loss")  # choosing, deciding half
 
 
 class Settings(NamedTuple):
-    threshold: float = 0.98      # validation accuracy to keep (plus margin)
+    threshold: float = 0.98      # accuracy to keep on both validation halves (plus margin)
     margin: float = MARGIN
     candidate_chunk: int = 64    # candidates per compiled call (vmapped)
-    eval_chunk: int = 100        # validation images per step inside a call
+    eval_chunk: int = 100        # validation images per step inside a call (divides n // 2)
     max_fraction: float = 0.1    # at most this fraction of alive prunable weights per pass
     slack_use: float = 0.5       # share of the slack (images) the planned removals may spend
     max_remove: int = 64         # hard cap on removals per pass (fixes the verification shape)
@@ -124,7 +154,7 @@ class Pruned(NamedTuple):
     mask: Any                    # bool pytree (True = kept)
     theta_D: np.ndarray          # flat params (ravel_pytree order)
     mask_D: np.ndarray           # flat float32 0/1
-    history: list                # one dict per pass; entry 0 is the start
+    history: list                # one dict per pass (val_* choosing, decide_*); entry 0: start
     stop: str | None             # one of STOPS; None while running
 
 
@@ -249,6 +279,31 @@ def make_evaluator(model_apply, params_like, x, y, eval_chunk: int = 100,
                      jnp.asarray(y), int(eval_chunk), int(candidate_chunk))
 
 
+class Halves(NamedTuple):
+    """The evaluators of one network on the two halves of the validation split."""
+    choose: Evaluator   # the first n // 2 images: rank, plan, accept fine-tuning (val_*)
+    decide: Evaluator   # the rest: verify, stop, carry the claim (decide_*)
+
+    @property
+    def lay(self) -> masks.Layout:
+        return self.choose.lay
+
+    def scores(self, theta_D, mask_D) -> dict:
+        """``SCORES`` of the masked network: correct count and mean loss on each half."""
+        c, l = self.choose.one(theta_D, mask_D)
+        dc, dl = self.decide.one(theta_D, mask_D)
+        return {"val_correct": c, "val_loss": l, "decide_correct": dc, "decide_loss": dl}
+
+
+def make_halves(model_apply, params_like, val_x, val_y, eval_chunk: int = 100,
+                candidate_chunk: int = 64, prunable=None) -> Halves:
+    """Splits the validation split as ``train.split_validation`` (and so fine-tuning) does."""
+    n_sel = train.split_validation(int(val_y.shape[0]))
+    return Halves(*(make_evaluator(model_apply, params_like, x, y, eval_chunk, candidate_chunk,
+                                   prunable)
+                    for x, y in ((val_x[:n_sel], val_y[:n_sel]), (val_x[n_sel:], val_y[n_sel:]))))
+
+
 # ---------------------------------------------------------------- one pass
 def rank(index_C, correct_C, loss_C) -> np.ndarray:
     """Order of candidates, best removal first: higher accuracy, lower loss, lower index."""
@@ -292,24 +347,30 @@ def start_mask(theta_D, lay: masks.Layout, mask=None) -> np.ndarray:
     return mask_D
 
 
-def _record(step, theta_D, mask_D, lay, correct, loss, n, **extra) -> dict:
+def _record(step, theta_D, mask_D, hv: Halves, sc: dict, **extra) -> dict:
     return {"pass": step, "nonzero": _nonzero(theta_D),
-            "prunable_kept": int((mask_D[prunable_entries(lay)] > 0).sum()),
-            "val_correct": int(correct), "val_acc": correct / n, "val_loss": float(loss), **extra}
+            "prunable_kept": int((mask_D[prunable_entries(hv.lay)] > 0).sum()),
+            "val_correct": int(sc["val_correct"]), "val_acc": sc["val_correct"] / hv.choose.n,
+            "val_loss": float(sc["val_loss"]), "decide_correct": int(sc["decide_correct"]),
+            "decide_acc": sc["decide_correct"] / hv.decide.n,
+            "decide_loss": float(sc["decide_loss"]), **extra}
 
 
-def maybe_finetune(finetune, ev: Evaluator, theta_D, mask_D, step: int, correct: int,
-                   loss: float):
-    """Fine-tunes; keeps the result only if validation (accuracy, then loss) improves.
+def maybe_finetune(finetune, hv: Halves, theta_D, mask_D, step: int, sc: dict,
+                   need_decide: int | None = None):
+    """Fine-tunes; keeps the result only if it is better on the choosing half
+    (accuracy, then loss) and, with ``need_decide``, still has that many
+    correct on the deciding half.
 
-    Returns ``(theta_D, correct, loss, kept)``; pruned entries are exactly zero.
+    Returns ``(theta_D, scores, kept)``; pruned entries are exactly zero.
     """
     new_D = np.where(mask_D > 0, np.asarray(finetune(theta_D, mask_D, step), np.float32),
                      np.float32(0.0))
-    c, l = ev.one(new_D, mask_D)
-    if (c, -l) > (correct, -loss):
-        return new_D, c, l, True
-    return theta_D, correct, loss, False
+    new = hv.scores(new_D, mask_D)
+    better = (new["val_correct"], -new["val_loss"]) > (sc["val_correct"], -sc["val_loss"])
+    if better and (need_decide is None or new["decide_correct"] >= need_decide):
+        return new_D, new, True
+    return theta_D, sc, False
 
 
 def _pruned(theta_D, mask_D, history, stop, params_like) -> Pruned:
@@ -320,11 +381,16 @@ def _pruned(theta_D, mask_D, history, stop, params_like) -> Pruned:
     return Pruned(params, mask, theta_D, mask_D, history, stop)
 
 
+def _pct(h: dict) -> str:
+    return f"val acc {100 * h['val_acc']:.2f}% (chooses), {100 * h['decide_acc']:.2f}% (decides)"
+
+
 def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None,
           prunable=None, mask=None, finetune: Callable | None = None,
           resume: Pruned | None = None, on_pass: Callable | None = None,
           log: Callable | None = None) -> Pruned:
-    """Greedy brute-force pruning on (``val_x``, ``val_y``); see the module docstring.
+    """Greedy brute-force pruning on the validation split (``val_x``, ``val_y``),
+    choosing on its first half and deciding on the second; see the module docstring.
 
     Args:
       model_apply: ``apply(params, x) -> logits``.
@@ -345,9 +411,10 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
 
     Returns the final ``Pruned``: params with removed entries exactly 0.0, the
     mask, and the history (entry 0 is the start; each pass records non-zero
-    params, prunable weights kept, validation correct/acc/loss, the removed
-    flat indices, planned and accepted k, whether fine-tuning was kept,
-    seconds).
+    params, prunable weights kept, correct/acc/loss on the choosing half
+    (``val_*``) and the deciding half (``decide_*``), the removed flat
+    indices, planned and accepted k, both halves' correct counts of every
+    tried prefix, whether fine-tuning was kept, seconds).
     """
     s = Settings() if settings is None else Settings(*settings)
     if not 0.0 <= s.threshold + s.margin <= 1.0:
@@ -355,10 +422,11 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
     if s.candidate_chunk < 1 or s.eval_chunk < 1 or s.max_remove < 1:
         raise ValueError("candidate_chunk, eval_chunk and max_remove must be >= 1")
     say = log or (lambda line: None)
-    ev = make_evaluator(model_apply, params, val_x, val_y, s.eval_chunk, s.candidate_chunk,
-                        prunable)
-    lay, n = ev.lay, ev.n
-    need = required_correct(s.threshold + s.margin, n)
+    hv = make_halves(model_apply, params, val_x, val_y, s.eval_chunk, s.candidate_chunk,
+                     prunable)
+    lay = hv.lay
+    need = required_correct(s.threshold + s.margin, hv.choose.n)
+    need_dec = required_correct(s.threshold + s.margin, hv.decide.n)
     prunable_D = prunable_entries(lay)
     t_start = time.time()
 
@@ -372,18 +440,18 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
         theta_D = np.asarray(ravel_pytree(params)[0], np.float32)
         mask_D = start_mask(theta_D, lay, mask)
         theta_D = np.where(mask_D > 0, theta_D, np.float32(0.0))
-        c, l = ev.one(theta_D, mask_D)
-        history = [_record(0, theta_D, mask_D, lay, c, l, n, removed=[], seconds=0.0)]
-    correct, loss = history[-1]["val_correct"], history[-1]["val_loss"]
-    say(f"brute force: start {history[0]['nonzero']:,} non-zero, val acc "
-        f"{100 * history[0]['val_acc']:.2f}%, keeping >= {100 * need / n:.2f}% "
-        f"({need:,}/{n:,} validation images)")
+        history = [_record(0, theta_D, mask_D, hv, hv.scores(theta_D, mask_D), removed=[],
+                           seconds=0.0)]
+    sc = {k: history[-1][k] for k in SCORES}
+    say(f"brute force: start {history[0]['nonzero']:,} non-zero, {_pct(history[0])}; keeping "
+        f">= {100 * (s.threshold + s.margin):.2f}%: {need:,}/{hv.choose.n:,} choosing, "
+        f"{need_dec:,}/{hv.decide.n:,} deciding images")
 
     stop = None
     while stop is None:
         step = len(history)
         alive = np.flatnonzero(prunable_D & (mask_D > 0))
-        if correct < need:
+        if sc["val_correct"] < need or sc["decide_correct"] < need_dec:
             stop = "start_below_threshold"
         elif not len(alive):
             stop = "all_pruned"
@@ -392,45 +460,56 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
         if stop:
             break
         t0 = time.time()
-        idx_C, correct_C, loss_C = ev.candidates(theta_D, mask_D)
+        # Choices, on the choosing half: candidates, ranking, eligibility, k.
+        idx_C, correct_C, loss_C = hv.choose.candidates(theta_D, mask_D)
         order = rank(idx_C, correct_C, loss_C)
         eligible = order[correct_C[order] >= need]
         if not len(eligible):
             stop = "threshold"
             break
-        k_plan = plan_count(correct - correct_C[eligible], correct - need, len(alive), s)
+        k_plan = plan_count(sc["val_correct"] - correct_C[eligible], sc["val_correct"] - need,
+                            len(alive), s)
         ks = ladder(k_plan, s.max_remove)
         trial_JxD = np.tile(mask_D, (len(ks), 1))
         for j, k in enumerate(ks):
             trial_JxD[j, idx_C[eligible[:k]]] = 0.0
-        c_J, l_J = ev.masks(theta_D, trial_JxD)
-        j = next((j for j in range(len(ks)) if c_J[j] >= need), None)
-        if j is None:  # cannot happen unless batched and single evaluation disagree
-            stop = "threshold"
+        # The decision, on the deciding half: the largest prefix it accepts (among those
+        # the choosing half would keep too, so neither half falls below the bar).
+        c_J, l_J = hv.choose.masks(theta_D, trial_JxD)
+        dc_J, dl_J = hv.decide.masks(theta_D, trial_JxD)
+        j = next((j for j in range(len(ks)) if c_J[j] >= need and dc_J[j] >= need_dec), None)
+        tried = {"val_correct_tried": [int(c) for c in c_J],
+                 "decide_correct_tried": [int(c) for c in dc_J]}
+        if j is None:  # the top 1 was eligible on the choosing half: the deciding half refuses
+            stop = "refused"
+            say(f"pass {step}: the deciding half refuses the best removal "
+                f"({int(dc_J[-1]):,} < {need_dec:,} correct)")
+            history[-1]["refused"] = {"k_planned": k_plan, **tried}
             break
         removed = idx_C[eligible[:ks[j]]]
         mask_D = trial_JxD[j]
         theta_D = np.where(mask_D > 0, theta_D, np.float32(0.0))
-        correct, loss = int(c_J[j]), float(l_J[j])
+        sc = {"val_correct": int(c_J[j]), "val_loss": float(l_J[j]),
+              "decide_correct": int(dc_J[j]), "decide_loss": float(dl_J[j])}
         tuned = None
         if finetune is not None and s.finetune_every and step % s.finetune_every == 0:
-            theta_D, correct, loss, tuned = maybe_finetune(finetune, ev, theta_D, mask_D, step,
-                                                           correct, loss)
-        history.append(_record(step, theta_D, mask_D, lay, correct, loss, n,
+            theta_D, sc, tuned = maybe_finetune(finetune, hv, theta_D, mask_D, step, sc,
+                                                need_dec)
+        history.append(_record(step, theta_D, mask_D, hv, sc,
                                removed=[int(i) for i in np.sort(removed)],
                                candidates=len(idx_C), eligible=len(eligible),
-                               k_planned=k_plan, k=int(ks[j]), finetuned=tuned,
+                               k_planned=k_plan, k=int(ks[j]), **tried, finetuned=tuned,
                                seconds=time.time() - t0))
         h = history[-1]
         say(f"pass {step}: {h['nonzero']:,} non-zero (-{h['k']} of {h['k_planned']} planned, "
-            f"{h['eligible']}/{h['candidates']} eligible), val acc {100 * h['val_acc']:.2f}% "
-            f"loss {h['val_loss']:.4f}{', fine-tuned' if tuned else ''}  {h['seconds']:.1f}s, "
+            f"{h['eligible']}/{h['candidates']} eligible), {_pct(h)}"
+            f"{', fine-tuned' if tuned else ''}  {h['seconds']:.1f}s, "
             f"elapsed {time.time() - t_start:.0f}s")
         if on_pass is not None:
             on_pass(_pruned(theta_D, mask_D, history, None, params))
     out = _pruned(theta_D, mask_D, history, stop, params)
     say(f"brute force stopped ({stop}) after {len(history) - 1} passes: "
-        f"{history[-1]['nonzero']:,} non-zero, val acc {100 * history[-1]['val_acc']:.2f}%")
+        f"{history[-1]['nonzero']:,} non-zero, {_pct(history[-1])}")
     if on_pass is not None:
         on_pass(out)
     return out
@@ -441,7 +520,8 @@ def make_finetune(model, tcfg, data: train.Data, seed: int = 0) -> Callable:
     """``finetune(theta_D, mask_D, step) -> theta_D``: masked training (``train.make_run``).
 
     ``tcfg`` is a ``config.train_config`` (epochs, learning rate, ...); the
-    parameters of the best validation epoch are returned. The test split is
+    parameters of the best epoch on the choosing half (``make_run``'s ``val_*``,
+    the same first half ``prune`` chooses on) are returned. The test split is
     replaced by one validation image so fine-tuning never touches it. One
     compiled program serves every call; ``step`` varies the data order.
     """
@@ -487,18 +567,19 @@ def make_obd_score(model_apply, params_like, x, y, hessian: str = "gauss_newton"
 _select = jax.jit(masks.select, static_argnames=("lay", "mode"))  # one compile for all counts
 
 
-def prune_along(score: Callable, ev: Evaluator, theta_D, mask_D, counts: Sequence[int],
+def prune_along(score: Callable, hv: Halves, theta_D, mask_D, counts: Sequence[int],
                 finetune: Callable | None = None, log: Callable | None = None):
     """Prunes by ``score`` to each kept count of prunable weights in turn (descending).
 
     Each level scores the previous level's survivors (fine-tuned ones when
-    ``finetune`` is given, kept only if validation improves, as in ``prune``)
-    and keeps the top ``count`` globally (``masks.select``, ties to the lower
-    index, no layer-collapse guard). Returns ``(rows, theta_D, mask_D)``:
-    one row per count (non-zero params, validation correct/acc/loss) and the
-    last level's network.
+    ``finetune`` is given, kept only if better on the choosing half: the arms
+    have no requirement for the deciding half to gate) and keeps the top
+    ``count`` globally (``masks.select``, ties to the lower index, no
+    layer-collapse guard). Returns ``(rows, theta_D, mask_D)``: one row per
+    count (non-zero params, correct/acc/loss on both halves) and the last
+    level's network.
     """
-    lay = ev.lay
+    lay = hv.lay
     theta_D = np.where(mask_D > 0, np.asarray(theta_D, np.float32), np.float32(0.0))
     mask_D = np.asarray(mask_D, np.float32)
     rows = []
@@ -511,12 +592,12 @@ def prune_along(score: Callable, ev: Evaluator, theta_D, mask_D, counts: Sequenc
             raise ValueError(f"selection kept {kept} prunable weights, asked for {count}")
         mask_D = new_D
         theta_D = np.where(mask_D > 0, theta_D, np.float32(0.0))
-        c, l = ev.one(theta_D, mask_D)
+        sc = hv.scores(theta_D, mask_D)
         tuned = None
         if finetune is not None:
-            theta_D, c, l, tuned = maybe_finetune(finetune, ev, theta_D, mask_D, step, c, l)
-        rows.append(_record(step + 1, theta_D, mask_D, lay, c, l, ev.n, finetuned=tuned))
+            theta_D, sc, tuned = maybe_finetune(finetune, hv, theta_D, mask_D, step, sc)
+        rows.append(_record(step + 1, theta_D, mask_D, hv, sc, finetuned=tuned))
         if log:
-            log(f"  level {step + 1}/{len(counts)}: {rows[-1]['nonzero']:,} non-zero, val acc "
-                f"{100 * rows[-1]['val_acc']:.2f}%")
+            log(f"  level {step + 1}/{len(counts)}: {rows[-1]['nonzero']:,} non-zero, "
+                f"{_pct(rows[-1])}")
     return rows, theta_D, mask_D
