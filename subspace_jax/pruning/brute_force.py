@@ -6,7 +6,7 @@ default *every* parameter is prunable (``prunable=None``; pass leaf names or
 a ``(name, leaf) -> bool`` rule to restrict it, as in ``masks.layout``).
 
 The rule: the split that chooses never decides. The validation split is cut
-in two as ``train.split_validation`` does (the first ``n // 2`` images, the
+in two as ``train.validation_halves`` does (the even-indexed images, the
 same ones a fine-tuning ``train.make_run`` chooses its epoch on):
 
 * the *choosing* half (``val_*`` in the history) ranks the candidates, says
@@ -298,10 +298,9 @@ class Halves(NamedTuple):
 def make_halves(model_apply, params_like, val_x, val_y, eval_chunk: int = 100,
                 candidate_chunk: int = 64, prunable=None) -> Halves:
     """Splits the validation split as ``train.split_validation`` (and so fine-tuning) does."""
-    n_sel = train.split_validation(int(val_y.shape[0]))
     return Halves(*(make_evaluator(model_apply, params_like, x, y, eval_chunk, candidate_chunk,
                                    prunable)
-                    for x, y in ((val_x[:n_sel], val_y[:n_sel]), (val_x[n_sel:], val_y[n_sel:]))))
+                    for x, y in train.validation_halves(val_x, val_y)))
 
 
 # ---------------------------------------------------------------- one pass
