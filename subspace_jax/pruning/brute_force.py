@@ -297,7 +297,7 @@ class Halves(NamedTuple):
 
 def make_halves(model_apply, params_like, val_x, val_y, eval_chunk: int = 100,
                 candidate_chunk: int = 64, prunable=None) -> Halves:
-    """Splits the validation split as ``train.split_validation`` (and so fine-tuning) does."""
+    """Splits the validation split as ``train.validation_halves`` (and so fine-tuning) does."""
     return Halves(*(make_evaluator(model_apply, params_like, x, y, eval_chunk, candidate_chunk,
                                    prunable)
                     for x, y in train.validation_halves(val_x, val_y)))
@@ -389,7 +389,7 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
           resume: Pruned | None = None, on_pass: Callable | None = None,
           log: Callable | None = None) -> Pruned:
     """Greedy brute-force pruning on the validation split (``val_x``, ``val_y``),
-    choosing on its first half and deciding on the second; see the module docstring.
+    choosing on its even-indexed images and deciding on the odd ones; see the module docstring.
 
     Args:
       model_apply: ``apply(params, x) -> logits``.
@@ -520,7 +520,7 @@ def make_finetune(model, tcfg, data: train.Data, seed: int = 0) -> Callable:
 
     ``tcfg`` is a ``config.train_config`` (epochs, learning rate, ...); the
     parameters of the best epoch on the choosing half (``make_run``'s ``val_*``,
-    the same first half ``prune`` chooses on) are returned. The test split is
+    the same even-indexed images ``prune`` chooses on) are returned. The test split is
     replaced by one validation image so fine-tuning never touches it. One
     compiled program serves every call; ``step`` varies the data order.
     """
