@@ -68,7 +68,9 @@ def test_training_a_flax_mlp_gives_its_twins_curve(synthetic):
         np.testing.assert_allclose(got[0].final[k], got[1].final[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[0].history["val_loss"], got[1].history["val_loss"], rtol=1e-5)
     np.testing.assert_allclose(got[0].params, got[1].params, rtol=1e-4, atol=1e-6)
-    assert float(got[0].final["val_acc"]) > 0.5  # it learned: the comparison is not of noise
+    # It learned: the comparison is not of noise (accuracy on all the validation images,
+    # the mean of its two equal halves).
+    assert float(got[0].final["val_acc"] + got[0].final["decide_acc"]) / 2 > 0.5
 
 
 def test_flax_init_is_flax_and_seeded():

@@ -161,7 +161,7 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path):
     # individual = individual_fraction x the full-space runs' mean accuracy (all ok here).
     assert m["full"]["diverged"] == 0
     assert m["thresholds"]["individual"] == pytest.approx(
-        cfg.individual_fraction * m["full"]["val_acc_mean"], rel=1e-9)
+        cfg.individual_fraction * m["full"]["decide_acc_mean"], rel=1e-9)  # the deciding half
     for baseline in ("global", "individual"):
         est = m["d_int90"][baseline]
         passing = [d for d, r in rows.items() if r["decide_acc_mean"] >= est["threshold"]]

@@ -21,7 +21,7 @@ def test_zoo_quick_end_to_end_and_resume(tmp_path):
         assert (tmp_path / name).exists(), name
     for name, row in summary["models"].items():
         # The row is the mean over seeds of the chosen learning rate's records.
-        recs = json.loads((tmp_path / "runs" / f"{name}.json").read_text())["records"]
+        recs = json.loads(open(unit_file(tmp_path, name)).read())["records"]
         chosen = [r["test_acc"] for r in recs if r["learning_rate"] == row["learning_rate"]
                   and r["status"] == "ok"]
         assert row["seeds"] == len(chosen) == 2
