@@ -11,6 +11,10 @@ their SHA-256, about 1 s). The project's own errors (``errors.InputError``:
 bad config, data or model file), there or later in ``run``, print ONE line on
 stderr and exit with code 2; any other exception is a bug and keeps its
 traceback.
+
+One process at a time writes into a workdir (``workdir.Lock``: a second one
+exits 2 naming the first). Ctrl-C takes effect at the end of the running
+epoch; what finished is kept and the same command resumes (exit code 130).
 """
 
 import importlib
@@ -22,6 +26,7 @@ from ml_collections import config_flags
 
 from experiments import available
 from subspace_jax import checks, data, errors
+from subspace_jax import workdir as workdir_lib
 
 flags.DEFINE_string("experiment", None, f"one of: {', '.join(available())}")
 flags.DEFINE_bool("quick", False, "the experiment's seconds-long smoke form")
@@ -74,10 +79,16 @@ def main(argv):
     module = importlib.import_module(f"experiments.{FLAGS.experiment}")
     try:
         validate(module, config, module.get_config(FLAGS.quick))
-        print(f"experiment {FLAGS.experiment} -> {os.path.abspath(workdir)}", flush=True)
-        module.run(config, workdir)
+        with workdir_lib.Lock(workdir):  # a second run into the same workdir refuses
+            print(f"experiment {FLAGS.experiment} -> {os.path.abspath(workdir)}", flush=True)
+            module.run(config, workdir)
     except errors.InputError as e:
         fail(e)
+    except KeyboardInterrupt:
+        print(f"launch.py: interrupted; finished units and the running unit's last finished "
+              f"epoch are kept in {os.path.abspath(workdir)}: the same command resumes there",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -71,14 +71,6 @@ def _theta_file(unit_id: str) -> str:
     return f"runs/{unit_id}.theta_seed0.npy"
 
 
-def with_params(run):
-    """``run`` whose ``final`` also carries the kept flat params (popped again below)."""
-    def run_keep(key, hp, data):
-        res = run(key, hp, data)
-        return res._replace(final={**res.final, "theta": res.params})
-    return run_keep
-
-
 def units_for(cfg, wd, ds, dat):
     n_train = len(ds.train_y)
     units = []
@@ -92,7 +84,7 @@ def units_for(cfg, wd, ds, dat):
                   "weight_decay": np.full_like(lrs, cfg.train.weight_decay),
                   "d_active": np.zeros(len(lrs), np.int32)}
             labels = {"params": np.full(len(lrs), models.param_count(model))}
-            records, rows = sweep.run_unit(with_params(run), cfg.seeds, hp, dat, labels)
+            records, rows = sweep.run_unit(run, cfg.seeds, hp, dat, labels, keep_params=True)
             thetas = [r.pop("theta") for r in records]
             theta0_RxD = np.stack([t for r, t in zip(records, thetas) if r["seed"] == 0])
             wd.save_npy(_theta_file(uid), theta0_RxD.astype(np.float32))

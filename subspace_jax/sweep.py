@@ -7,7 +7,9 @@ train configs, seeds, grid, and the ids of units whose outputs it reads), so
 a workdir re-used with a changed config trains what changed and reuses only
 what did not. Each finished unit is written to ``runs/<id>.json`` and reused
 on re-run; a unit that raises is recorded in ``runs/<id>.failed.json`` and
-the sweep continues.
+the sweep continues. A unit trained through ``run_unit`` is checkpointed
+after every epoch (``runs/<id>.partial.npz``): Ctrl-C stops it at the end of
+the running epoch and a re-run continues from there with the same numbers.
 """
 
 from __future__ import annotations
@@ -65,13 +67,25 @@ def prepare(cfg, workdir: str):
     return wd, ds, train.Data.from_dataset(ds)
 
 
+# The running unit's checkpoint (set by run_units, taken by its first run_unit).
+_UNIT_CHECKPOINT: list = [None]
+
+
 def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],
-             data: train.Data, labels: dict[str, np.ndarray]) -> tuple[list[dict], list[dict]]:
-    """Runs every (seed, hp row) in one program; returns (records, history rows).
+             data: train.Data, labels: dict[str, np.ndarray], checkpoint=None,
+             keep_params: bool = False) -> tuple[list[dict], list[dict]]:
+    """Runs every (seed, hp row) vmapped, one epoch per compiled chunk; returns
+    (records, history rows).
 
     ``labels`` are per-row values to copy into each record (e.g. ``d``).
+    ``checkpoint`` (``Workdir.checkpoint(unit_id)``) saves the unit after each
+    epoch and resumes it on re-run; by default, the first ``run_unit`` inside a
+    unit of ``run_units`` uses that unit's checkpoint. ``keep_params`` adds each run's kept flat
+    parameters to its record as ``theta``.
     """
-    out = vectorize.vmapped(run_fn, vectorize.run_keys(seeds), hp, data)
+    if checkpoint is None:
+        checkpoint, _UNIT_CHECKPOINT[0] = _UNIT_CHECKPOINT[0], None  # one use per unit
+    out = vectorize.vmapped_chunks(run_fn, vectorize.run_keys(seeds), hp, data, checkpoint)
     out = jax.device_get(out)
     records, rows = [], []
     n_rows = len(next(iter(hp.values())))
@@ -82,6 +96,8 @@ def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],
             final = {k: np.asarray(v[s, r]) for k, v in out.final.items()}
             diverged = bool(final.pop("diverged"))
             rec = {**base, **final, "status": "diverged" if diverged else "ok"}
+            if keep_params:
+                rec["theta"] = np.asarray(out.params[s, r])
             records.append(rec)
             epochs = len(out.history["val_acc"][s, r])
             for e in range(epochs):
@@ -109,6 +125,7 @@ def run_units(wd: Workdir, units: Sequence[Unit], label: str) -> dict[str, list[
             progress.step(uid, skipped=True)
             continue
         t0 = time.time()
+        _UNIT_CHECKPOINT[0] = wd.checkpoint(uid)
         try:
             records, rows = unit.thunk(uid)
         except Exception as e:  # noqa: BLE001 - one failed unit never ends the sweep
@@ -116,10 +133,13 @@ def run_units(wd: Workdir, units: Sequence[Unit], label: str) -> dict[str, list[
                           {"error": repr(e), "traceback": traceback.format_exc()})
             progress.step(f"{uid} FAILED: {e!r}", time.time() - t0)
             continue
+        finally:
+            _UNIT_CHECKPOINT[0] = None
         for row in rows:
             row["unit"] = uid
         wd.finish_run(uid, {"unit": uid, "depends_on": unit.depends_on,
                             "seconds": time.time() - t0, "records": records}, rows)
+        wd.checkpoint(uid).remove()
         results[unit.name] = wd.run_record(uid)["records"]
         progress.step(uid, time.time() - t0)
     return results

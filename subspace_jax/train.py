@@ -60,6 +60,20 @@ class Result(NamedTuple):
     params: Any                     # the kept trainable vector (theta or omega)
 
 
+class Stages(NamedTuple):
+    """One run of ``make_run`` split at epoch boundaries (same numbers).
+
+    ``start(key, hp, data) -> carry``; ``advance(carry, key, hp, data,
+    first_epoch, n_epochs) -> (carry, history of n_epochs)`` (``n_epochs``
+    static); ``finish(carry, history, key, hp, data) -> Result`` with the
+    concatenated history of all ``epochs``.
+    """
+    start: Any
+    advance: Any
+    finish: Any
+    epochs: int
+
+
 def default_hp(tcfg, d_active: int = 0) -> dict[str, jax.Array]:
     return {"learning_rate": jnp.float32(tcfg.learning_rate),
             "weight_decay": jnp.float32(tcfg.weight_decay),
@@ -159,7 +173,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     d_max = int(scfg.d_max)
     chunk = int(tcfg.eval_chunk)
 
-    def run(key, hp, data: Data) -> Result:
+    def setup(key, hp, data: Data):
+        """Everything one run derives from its key and hp: (initial carry, epoch step, finish)."""
         k_init, k_data, k_proj = jax.random.split(key, 3)
         (sel_x, sel_y), (dec_x, dec_y) = validation_halves(data.val_x, data.val_y)
         theta0_D, unravel = ravel_pytree(model.init(k_init))
@@ -219,19 +234,43 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             return (w, opt_state, best_w, best_acc, best_epoch), metrics
 
         init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1))
-        (w, _, best_w, best_acc, best_epoch), history = lax.scan(
-            epoch_step, init_carry, jnp.arange(epochs))
-        # theta is formed once per evaluation, not once per chunk (P @ omega is costly).
-        best_params = to_params(best_w)
-        test_loss, test_acc = evaluate(model.apply, best_params, data.test_x, data.test_y, chunk)
-        train_loss, train_acc = evaluate(model.apply, best_params, data.train_x, data.train_y, chunk)
-        diverged = ~(jnp.all(jnp.isfinite(history["train_loss"])) & jnp.all(jnp.isfinite(w)))
-        final = {"best_epoch": best_epoch + 1, "val_acc": history["val_acc"][best_epoch],
-                 "val_loss": history["val_loss"][best_epoch],
-                 "decide_acc": history["decide_acc"][best_epoch],
-                 "decide_loss": history["decide_loss"][best_epoch],
-                 "train_acc": train_acc, "train_loss": train_loss,
-                 "test_acc": test_acc, "test_loss": test_loss, "diverged": diverged}
-        return Result(history, final, best_w)
 
+        def finish(carry, history) -> Result:
+            w, _, best_w, best_acc, best_epoch = carry
+            # theta is formed once per evaluation, not once per chunk (P @ omega is costly).
+            best_params = to_params(best_w)
+            test_loss, test_acc = evaluate(model.apply, best_params, data.test_x, data.test_y, chunk)
+            train_loss, train_acc = evaluate(model.apply, best_params, data.train_x, data.train_y,
+                                             chunk)
+            diverged = ~(jnp.all(jnp.isfinite(history["train_loss"])) & jnp.all(jnp.isfinite(w)))
+            final = {"best_epoch": best_epoch + 1, "val_acc": history["val_acc"][best_epoch],
+                     "val_loss": history["val_loss"][best_epoch],
+                     "decide_acc": history["decide_acc"][best_epoch],
+                     "decide_loss": history["decide_loss"][best_epoch],
+                     "train_acc": train_acc, "train_loss": train_loss,
+                     "test_acc": test_acc, "test_loss": test_loss, "diverged": diverged}
+            return Result(history, final, best_w)
+
+        return init_carry, epoch_step, finish
+
+    def run(key, hp, data: Data) -> Result:
+        init_carry, epoch_step, finish = setup(key, hp, data)
+        carry, history = lax.scan(epoch_step, init_carry, jnp.arange(epochs))
+        return finish(carry, history)
+
+    # The same run in pieces (``vectorize.vmapped_chunks``): a carry checkpointed
+    # between compiled chunks of epochs is what makes Ctrl-C and resume take
+    # effect within a unit. Each piece re-derives theta0, P and the optimiser
+    # from the key (cheap beside an epoch; P is never stored).
+    def start(key, hp, data: Data):
+        return setup(key, hp, data)[0]
+
+    def advance(carry, key, hp, data: Data, first_epoch, n_epochs: int):
+        epoch_step = setup(key, hp, data)[1]
+        return lax.scan(epoch_step, carry, first_epoch + jnp.arange(n_epochs))
+
+    def finish(carry, history, key, hp, data: Data) -> Result:
+        return setup(key, hp, data)[2](carry, history)
+
+    run.stages = Stages(start, advance, finish, epochs)
     return run

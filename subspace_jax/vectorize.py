@@ -166,6 +166,21 @@ def _across_processes(compiled, keys, hp, data):
                         if _spans_processes(x) else x, out)
 
 
+def _place(keys, hp: Mapping[str, np.ndarray]):
+    """Checks the run axis and shards it: ``(keys, hp, n_seeds, n_rows)``."""
+    hp = {k: jnp.asarray(v) for k, v in hp.items()}
+    sizes = {v.shape[0] for v in hp.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every hyperparameter array needs the same leading size, got {sorted(sizes)}")
+    n_rows = sizes.pop()
+    n_seeds = keys.shape[0] if keys.ndim == 1 else 0
+    if n_seeds and n_seeds % jax.device_count() == 0:
+        keys = _mesh_put(keys, n_seeds)
+    else:
+        hp = _mesh_put(hp, n_rows)
+    return keys, hp, n_seeds, n_rows
+
+
 def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):
     """All (seed, hyperparameter) runs of ``run`` in one compiled program.
 
@@ -181,20 +196,78 @@ def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):
     multi-process run (``maybe_initialize_distributed``) every process gets
     the outputs of all runs (gathered into NumPy arrays when they were sharded).
     """
-    hp = {k: jnp.asarray(v) for k, v in hp.items()}
-    sizes = {v.shape[0] for v in hp.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"every hyperparameter array needs the same leading size, got {sorted(sizes)}")
-    n_rows = sizes.pop()
-    n_seeds = keys.shape[0] if keys.ndim == 1 else 0
-    if n_seeds and n_seeds % jax.device_count() == 0:
-        keys = _mesh_put(keys, n_seeds)
-    else:
-        hp = _mesh_put(hp, n_rows)
+    keys, hp, n_seeds, n_rows = _place(keys, hp)
     compiled = _compiled(run, n_seeds, n_rows)
     if jax.process_count() > 1:
         return _across_processes(compiled, keys, hp, data)
     return compiled(keys, hp, data)
+
+
+# How each argument of a stage is batched: over rows and seeds (a carry), over
+# seeds (keys), over rows (hp), or shared (data, the first epoch).
+_BOTH, _SEED, _ROW, _SHARED = "both", "seed", "row", "shared"
+_STAGES: dict = {}
+
+
+def _stage(fn: Callable, kinds: tuple[str, ...], n_seeds: int, n_rows: int, *static):
+    """``fn`` vmapped like ``_compiled`` (rows inner, seeds outer) and jitted, cached."""
+    cache_key = (fn, kinds, n_seeds, n_rows, static)
+    if cache_key not in _STAGES:
+        f = (lambda *args: fn(*args, *static)) if static else fn
+        f = _vmap_or_expand(f, tuple(0 if k in (_BOTH, _ROW) else None for k in kinds), n_rows)
+        if n_seeds:
+            f = _vmap_or_expand(f, tuple(0 if k in (_BOTH, _SEED) else None for k in kinds),
+                                n_seeds)
+        _STAGES[cache_key] = jax.jit(f)
+    return _STAGES[cache_key]
+
+
+def vmapped_chunks(run: Callable, keys, hp: Mapping[str, np.ndarray], data,
+                   checkpoint=None, epochs_per_chunk: int = 1):
+    """``vmapped`` run as compiled chunks of ``epochs_per_chunk`` epochs.
+
+    Same numbers as ``vmapped`` (tests), but control returns to Python between
+    chunks: Ctrl-C takes effect there (a signal waits for the running compiled
+    program), and ``checkpoint`` (a ``workdir.Checkpoint``) saves the carry and
+    history after each chunk and restores them on re-run, so an interrupted
+    unit resumes from its last finished chunk. ``run`` needs ``run.stages``
+    (``train.make_run`` provides it); otherwise, and across processes, this is
+    ``vmapped``.
+    """
+    stages = getattr(run, "stages", None)
+    if stages is None or jax.process_count() > 1:
+        return vmapped(run, keys, hp, data)
+    if epochs_per_chunk < 1:
+        raise ValueError(f"epochs_per_chunk={epochs_per_chunk} must be >= 1")
+    keys, hp, n_seeds, n_rows = _place(keys, hp)
+    start = _stage(stages.start, (_SEED, _ROW, _SHARED), n_seeds, n_rows)
+    finish = _stage(stages.finish, (_BOTH, _BOTH, _SEED, _ROW, _SHARED), n_seeds, n_rows)
+    epoch_axis = 2 if n_seeds else 1
+    restored = None
+    if checkpoint is not None:
+        restored = checkpoint.load(jax.eval_shape(start, keys, hp, data), stages.epochs)
+    if restored is None:
+        epoch, carry, parts = 0, start(keys, hp, data), []
+    else:
+        epoch, carry, history = restored
+        parts = [history]
+    while epoch < stages.epochs:
+        n = min(epochs_per_chunk, stages.epochs - epoch)
+        advance = _stage(stages.advance, (_BOTH, _SEED, _ROW, _SHARED, _SHARED), n_seeds, n_rows, n)
+        carry, history = advance(carry, keys, hp, data, jnp.int32(epoch))
+        parts.append(history)
+        epoch += n
+        if checkpoint is not None and epoch < stages.epochs:
+            checkpoint.save(epoch, carry, _concat(parts, epoch_axis))
+        else:
+            jax.block_until_ready(carry)  # the signal check point of this chunk
+    return finish(carry, _concat(parts, epoch_axis), keys, hp, data)
+
+
+def _concat(parts, axis: int):
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)
 
 
 def looped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):

@@ -5,8 +5,10 @@ Layout of a workdir::
     config.json        the full config of the invocation
     metrics.jsonl      one JSON object per logged epoch of every run
     runs/<id>.json     final record of each finished run (skipped on re-run)
+    runs/<id>.partial.npz  an unfinished unit's last chunk of epochs (``Checkpoint``)
     summary.json       the experiment's table
     *.png              figures
+    .lock              pid and host of the process writing here (``Lock``)
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
 from typing import Any, Iterable
 
 import numpy as np
+
+from subspace_jax.errors import InputError
 
 
 def to_jsonable(x: Any) -> Any:
@@ -91,6 +96,9 @@ class Workdir:
         self.append_metrics(history_rows)
         self.write_json(f"runs/{run_id}.json", record)
 
+    def checkpoint(self, run_id: str) -> "Checkpoint":
+        return Checkpoint(self.file(f"runs/{run_id}.partial.npz"))
+
     def save_figure(self, fig, name: str) -> str:
         target = self.file(name)
         tmp = target + ".tmp.png"
@@ -147,3 +155,136 @@ class EpochTicker:
             eta = (now - self.first) / (e - 1) * (self.epochs - e)
         print(f"  {self.label}: epoch {e}/{self.epochs}  elapsed {elapsed:.0f}s, "
               f"ETA {eta:.0f}s", file=self.stream or sys.stdout, flush=True)
+
+
+class WorkdirBusy(InputError):
+    """Another live process holds the workdir's lock."""
+
+
+LOCK_FILE = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class Lock:
+    """``with Lock(path):`` one process at a time writes into a workdir.
+
+    The lock file ``<path>/.lock`` holds the owner's pid and host. A second
+    process on the same host refuses with one line naming both; a lock left by
+    a process that no longer exists (killed, crashed) is taken over, so a dead
+    run never holds a workdir forever. On another host the pid cannot be
+    checked: the lock is honoured until its file is removed by hand.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.file = os.path.join(self.path, LOCK_FILE)
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            with open(self.file) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def acquire(self) -> "Lock":
+        os.makedirs(self.path, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(3):  # lost races against a stale-lock takeover: retry
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:  # being written, or garbage: wait a moment
+                    time.sleep(0.1)
+                    owner = self._owner()
+                same_host = owner is not None and owner.get("host") == me["host"]
+                if owner is not None and (not same_host or _alive(int(owner["pid"]))):
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+                    raise WorkdirBusy(
+                        f"workdir {self.path} is in use by process {owner['pid']} on "
+                        f"{owner.get('host')} (since {since}); wait for it to finish or pass "
+                        f"another --workdir (if that process is gone, delete {self.file})")
+                try:  # stale: its process is dead
+                    os.remove(self.file)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise WorkdirBusy(f"workdir {self.path}: could not take {self.file}; another process "
+                          "keeps taking it; pass another --workdir")
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner is not None and owner.get("pid") == os.getpid():
+                os.remove(self.file)
+            self.held = False
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Checkpoint:
+    """The state of one unfinished unit between compiled chunks of epochs.
+
+    ``runs/<unit id>.partial.npz`` holds the epochs done, the carry (params,
+    optimiser state, best-so-far) and the history so far; it is written
+    atomically after each chunk and removed when the unit finishes. The unit
+    id hashes everything the unit depends on, so a partial file is only ever
+    resumed by the same config.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def save(self, epoch: int, carry, history: dict) -> None:
+        import jax  # here, not at the top: the rest of this module needs no JAX
+        arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(carry))}
+        arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, epoch=np.int64(epoch), **arrays)
+        os.replace(tmp, self.path)
+
+    def load(self, carry_like, epochs: int):
+        """``(epoch, carry, history)``, or None when there is nothing to resume.
+
+        ``carry_like``: the carry's structure and shapes (``jax.eval_shape``);
+        a file that does not match it, or is unreadable, is ignored.
+        """
+        import jax
+        if not os.path.exists(self.path):
+            return None
+        try:
+            with np.load(self.path) as z:
+                epoch = int(z["epoch"])
+                leaves_like, treedef = jax.tree.flatten(carry_like)
+                leaves = [z[f"carry_{i}"] for i in range(len(leaves_like))]
+                history = {k[len("history_"):]: z[k] for k in z.files if k.startswith("history_")}
+        except (OSError, KeyError, ValueError):
+            return None
+        if not 0 < epoch < epochs or any(a.shape != b.shape or a.dtype != b.dtype
+                                         for a, b in zip(leaves, leaves_like)):
+            return None
+        print(f"  resuming {os.path.basename(self.path)} after epoch {epoch}/{epochs}", flush=True)
+        return epoch, jax.tree.unflatten(treedef, leaves), history
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)

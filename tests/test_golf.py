@@ -326,3 +326,21 @@ def test_a_failed_batch_is_recorded_and_never_stops_the_search(tmp_path, monkeyp
         assert {t["status"] for t in trials if t["batch"] == b} == {"failed"}
         assert {t["state"] for t in trials if t["batch"] == b} == {"fail"}
     assert (tmp_path / "summary.md").exists() and not (tmp_path / "golf.npz").exists()
+
+
+def test_reaching_a_target_is_decided_on_the_deciding_half():
+    """A trial whose choosing-half value crosses the target but whose deciding
+    half does not is not reported as reaching it; a larger one that holds is."""
+    cfg = golf.get_config(quick=True)
+    cfg.targets = (0.98,)
+    trial = lambda n, params, value, decide: {
+        "number": n, "state": "complete", "role": "leader", "status": "ok", "model": f"m{n}",
+        "dense_params": params, "value": value, "decide_acc": decide, "params": {}}
+    history = [trial(0, 500, 0.982, [0.975, 0.977]),   # flattered by its own choice
+               trial(1, 700, 0.981, [0.981, 0.983]),
+               trial(2, 900, 0.990, [0.989, 0.991])]
+    s = golf.summarise(cfg, history, None, None)
+    hit = s["smallest_reaching"]["0.98"]
+    assert hit["number"] == 1 and hit["decide_acc"] == pytest.approx(0.982)
+    assert s["search"]["best_trial"]["number"] == 2  # the choice itself stays on the value
+    assert "| 98% | trial 1: m1 | 700 | 98.10 | 98.20 |" in golf.markdown(s)

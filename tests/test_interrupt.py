@@ -1,0 +1,119 @@
+"""Ctrl-C within a unit, resume from its last epoch, and one process per workdir."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from subspace_jax import config as C
+from subspace_jax import models, sweep, train, vectorize, workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dat(synthetic):
+    return train.Data.from_dataset(synthetic)
+
+
+def subspace_unit(synthetic, epochs=3):
+    cfg = C.train_config(epochs=epochs, batch_size=32, eval_chunk=64)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(20), len(synthetic.train_y))
+    hp = {"learning_rate": np.float32([0.03, 0.1]), "weight_decay": np.float32([0, 0]),
+          "d_active": np.int32([10, 20])}
+    return run, vectorize.run_keys([0, 1]), hp
+
+
+def test_chunks_give_the_numbers_of_one_program(synthetic, dat):
+    run, keys, hp = subspace_unit(synthetic)
+    whole = jax.device_get(vectorize.vmapped(run, keys, hp, dat))
+    chunked = jax.device_get(vectorize.vmapped_chunks(run, keys, hp, dat))
+    for k in whole.history:
+        np.testing.assert_allclose(chunked.history[k], whole.history[k], rtol=1e-5, atol=1e-6)
+    for k in whole.final:
+        np.testing.assert_allclose(chunked.final[k], whole.final[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked.params, whole.params, rtol=1e-5, atol=1e-6)
+
+
+class StopAfter(workdir.Checkpoint):
+    """A checkpoint whose process receives SIGINT (Ctrl-C) right after saving epoch ``n``."""
+
+    def __init__(self, path, n):
+        super().__init__(path)
+        self.n = n
+
+    def save(self, epoch, carry, history):
+        super().save(epoch, carry, history)
+        if epoch == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_unit_resumes_with_the_same_numbers(synthetic, dat, tmp_path):
+    run, keys, hp = subspace_unit(synthetic)
+    plain = jax.device_get(vectorize.vmapped_chunks(run, keys, hp, dat))
+    path = str(tmp_path / "u.partial.npz")
+    with pytest.raises(KeyboardInterrupt):
+        vectorize.vmapped_chunks(run, keys, hp, dat, StopAfter(path, 2))
+    assert os.path.exists(path)
+    resumed_from = []
+
+    class Watch(workdir.Checkpoint):
+        def load(self, like, epochs):
+            got = super().load(like, epochs)
+            resumed_from.append(None if got is None else got[0])
+            return got
+
+    again = jax.device_get(vectorize.vmapped_chunks(run, keys, hp, dat, Watch(path)))
+    assert resumed_from == [2]  # it did not start over
+    np.testing.assert_array_equal(again.history["val_acc"], plain.history["val_acc"])
+    np.testing.assert_array_equal(again.final["test_acc"], plain.final["test_acc"])
+    np.testing.assert_array_equal(again.params, plain.params)
+
+
+def test_a_checkpoint_that_does_not_fit_is_ignored(synthetic, dat, tmp_path):
+    run, keys, hp = subspace_unit(synthetic)
+    path = str(tmp_path / "u.partial.npz")
+    with pytest.raises(KeyboardInterrupt):
+        vectorize.vmapped_chunks(run, keys, hp, dat, StopAfter(path, 1))
+    other, keys1, hp1 = subspace_unit(synthetic)
+    like = jax.eval_shape(vectorize._stage(other.stages.start, ("seed", "row", "shared"), 1, 2),
+                          keys1[:1], hp1, dat)
+    assert workdir.Checkpoint(path).load(like, 3) is None  # 1 seed, not 2: starts afresh
+
+
+def test_run_units_removes_the_checkpoint_of_a_finished_unit(synthetic, dat, tmp_path):
+    run, _, hp = subspace_unit(synthetic, epochs=2)
+    wd = workdir.Workdir(str(tmp_path))
+    unit = sweep.Unit("u", {"x": 1}, lambda uid: sweep.run_unit(run, [0, 1], hp, dat, {}))
+    sweep.run_units(wd, [unit], "t")
+    assert wd.run_record(unit.id) is not None
+    assert not os.path.exists(wd.checkpoint(unit.id).path)
+
+
+def test_second_process_into_a_workdir_refuses(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from subspace_jax import workdir; "
+         f"workdir.Lock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(workdir.WorkdirBusy, match=f"in use by process {holder.pid}"):
+            workdir.Lock(str(tmp_path)).acquire()
+        out = subprocess.run([sys.executable, "launch.py", "--experiment=zoo", "--quick",
+                              f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert str(tmp_path) in line and str(holder.pid) in line
+        assert not os.path.exists(tmp_path / "config.json")  # refused before writing
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is dead: its lock is stale and is taken over, then released.
+    with workdir.Lock(str(tmp_path)) as lock:
+        assert json.load(open(lock.file))["pid"] == os.getpid()
+    assert not os.path.exists(tmp_path / workdir.LOCK_FILE)
