@@ -12,6 +12,9 @@ bad config, data or model file), there or later in ``run``, print ONE line on
 stderr and exit with code 2; any other exception is a bug and keeps its
 traceback.
 
+On a CPU each core is presented as one XLA device (``subspace_jax.cpu_devices``;
+``SUBSPACE_JAX_CPU_DEVICES=N`` overrides), so vmapped runs are sharded over cores.
+
 One process at a time writes into a workdir (``workdir.Lock``: a second one
 exits 2 naming the first). Ctrl-C takes effect at the end of the running
 epoch; what finished is kept and the same command resumes (exit code 130).
@@ -20,6 +23,14 @@ epoch; what finished is kept and the same command resumes (exit code 130).
 import importlib
 import os
 import sys
+
+if __name__ == "__main__":  # one XLA CPU device per core, before anything imports JAX
+    from subspace_jax import cpu_devices, errors as _errors
+    try:
+        cpu_devices.configure()
+    except _errors.InputError as e:
+        print(f"launch.py: {e}", file=sys.stderr)
+        sys.exit(2)
 
 from absl import app, flags, logging
 from ml_collections import config_flags
