@@ -201,6 +201,7 @@ def _choices(field: str, value, valid=None, positive: bool = False) -> None:
 def validate(cfg) -> None:
     """Raises ConfigError naming the config field of any bad value."""
     checks.common(cfg)
+    checks.mnist_only(cfg, "golf")
     if int(cfg.budget) != cfg.budget or cfg.budget < 1:
         raise ConfigError(f"config.budget={cfg.budget} must be a positive integer (dense params).")
     if not cfg.targets or not all(0 < t <= 1 for t in cfg.targets):

@@ -136,6 +136,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    checks.mnist_only(cfg, "golf_prune")
     if not 0.0 < cfg.threshold < 1.0:
         raise ConfigError(f"config.threshold={cfg.threshold} must be in (0, 1).")
     if cfg.margin < 0 or cfg.threshold + cfg.margin > 1.0:

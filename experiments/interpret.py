@@ -96,6 +96,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    checks.mnist_only(cfg, "interpret")
     if cfg.ascent_where not in interpret.WHERES:
         raise ConfigError(f"config.ascent_where={cfg.ascent_where!r}; valid: "
                           f"{', '.join(interpret.WHERES)}.")

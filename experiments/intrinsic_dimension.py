@@ -92,7 +92,7 @@ import numpy as np
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import intrinsic, models, report, subspace, sweep, train
+from subspace_jax import data, intrinsic, models, report, subspace, sweep, train
 from subspace_jax.errors import ConfigError
 from subspace_jax.workdir import EpochTicker
 
@@ -140,8 +140,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 def validate(cfg) -> None:
     checks.common(cfg)
     checks.nonempty(cfg.models, "models")
+    spec = data.spec(cfg.data)  # the shape models are built for
     for name in cfg.models:
-        D = models.param_count(models.get(name))  # get() raises with the valid names
+        D = models.param_count(models.get(name, *spec))  # get() raises with the valid names
         checks.subspace_dims(cfg.grid, "grid", name, D)  # d > D is an error, never clamped
         subspace.check_kind(cfg.projection, D)
     if cfg.measure_on not in MEASURES:
@@ -175,7 +176,7 @@ def seed_chunks(cfg) -> list[tuple[int, ...]]:
 def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed: list):
     """Trains ``dims`` (d_max = 0: full space) for every seed, one unit per seed
     chunk; returns the records, or None if a unit failed."""
-    model = models.get(name)
+    model = models.for_data(name, ds)
     subspace_run = d_max > 0
     tcfg = train_config(cfg, subspace_run)
     scfg = C.subspace_config(d_max, cfg.projection if subspace_run else "dense")
@@ -226,7 +227,7 @@ def stats(records) -> dict:
 
 # ---------------------------------------------------------------- one model
 def measure_model(cfg, name: str, wd, ds, dat, failed: list) -> dict:
-    D = models.param_count(models.get(name))
+    D = models.param_count(models.for_data(name, ds))
     metric = decision_metric(cfg)
     full = run_phase(wd, cfg, name, "full", [D], 0, ds, dat, failed)
     thresholds = {"global": float(cfg.global_threshold)}

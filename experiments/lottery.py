@@ -50,7 +50,7 @@ from jax.flatten_util import ravel_pytree
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import export, models, sweep, vectorize
+from subspace_jax import data, export, models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
@@ -89,7 +89,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
-    models.get(cfg.model)
+    models.get(cfg.model, *data.spec(cfg.data))  # the shape models are built for
     if not cfg.seeds:
         raise ConfigError("config.seeds must name at least one seed.")
     if int(cfg.levels) < 1:
@@ -116,7 +116,7 @@ def prune_cfg(cfg):
 
 
 def units_for(cfg, ds, dat, wd):
-    model = models.get(cfg.model)
+    model = models.for_data(cfg.model, ds)
     pcfg = prune_cfg(cfg)
     lay = masks.model_layout(model, tuple(pcfg.prunable))
     fpw = masks.flops_per_weight(model, ds.train_x.shape[1:])
@@ -168,7 +168,7 @@ def export_ticket(cfg, wd, uid: str, row: dict, ds) -> dict:
     """Writes ticket.npz and ticket_report.md for the first seed at ``row``
     (``uid``: the unit of the first rewind point)."""
     k = int(cfg.rewind_epochs[0])
-    model = models.get(cfg.model)
+    model = models.for_data(cfg.model, ds)
     lay = masks.model_layout(model, tuple(prune_cfg(cfg).prunable))
     level = int(np.argmin(np.abs(level_densities(cfg) - row["density_target"])))
     lr_row = int(np.argmin(np.abs(np.asarray(cfg.learning_rates, float) - row["learning_rate"])))

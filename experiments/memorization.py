@@ -150,6 +150,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    checks.mnist_only(cfg, "memorization")
     if int(cfg.hidden) < 1:
         raise ConfigError(f"config.hidden={cfg.hidden} must be >= 1.")
     if not cfg.seeds:

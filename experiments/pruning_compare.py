@@ -48,7 +48,7 @@ import numpy as np
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import models, sweep, vectorize
+from subspace_jax import data, models, sweep, vectorize
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import plots as pplots
 from subspace_jax.pruning import procedures as P
@@ -89,8 +89,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    spec = data.spec(cfg.data)  # the shape models are built for
     for name in cfg.models:
-        models.get(name)
+        models.get(name, *spec)
     if not cfg.seeds:
         raise ConfigError("config.seeds must name at least one seed.")
     for field in ("densities", "collapse_densities"):
@@ -120,7 +121,7 @@ def units_for(cfg, ds, dat, wd):
     units = []
     for name in cfg.models:
         def unit(uid, name=name):
-            model = models.get(name)
+            model = models.for_data(name, ds)
             lay = masks.model_layout(model, tuple(cfg.prune.prunable))
             run = P.make_pruning_run(model, cfg.train, cfg.prune, n_train,
                                      at_init=tuple(cfg.at_init), one_shot=tuple(cfg.one_shot),
@@ -168,7 +169,7 @@ def run(cfg, workdir: str) -> dict:
         runs = [r for r in records if not r["method"].startswith("collapse/")]
         table = P.summarise(runs)
         collapse = _collapse_table([r for r in records if r["method"].startswith("collapse/")])
-        summary["models"][name] = {"params": models.param_count(models.get(name)),
+        summary["models"][name] = {"params": models.param_count(models.for_data(name, ds)),
                                    "table": table, "collapse": collapse}
         lines += [f"## {name} ({summary['models'][name]['params']:,} params)", "",
                   "| method | kept % | non-zero params | flops | val acc % | test acc % | seeds |",

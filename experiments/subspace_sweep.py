@@ -29,7 +29,7 @@ import numpy as np
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import models, plots, subspace, sweep, train
+from subspace_jax import data, models, plots, subspace, sweep, train
 from subspace_jax.workdir import EpochTicker
 from subspace_jax.errors import ConfigError
 
@@ -59,8 +59,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 def validate(cfg) -> None:
     checks.common(cfg)
     checks.nonempty(cfg.models, "models")
+    spec = data.spec(cfg.data)  # the shape models are built for
     for name in cfg.models:
-        D = models.param_count(models.get(name))  # get() raises with the valid names
+        D = models.param_count(models.get(name, *spec))  # get() raises with the valid names
         checks.subspace_dims(cfg.dims, "dims", name, D)
         subspace.check_kind(cfg.projection, D)
     if not cfg.seeds:
@@ -74,7 +75,7 @@ def units_for(cfg, ds, dat):
     n_train = len(ds.train_y)
     units = []
     for name in cfg.models:
-        model = models.get(name)
+        model = models.for_data(name, ds)
         D = models.param_count(model)
         dims = sorted({int(d) for d in cfg.dims})  # validate() refused d > D
 
@@ -122,7 +123,7 @@ def run(cfg, workdir: str) -> dict:
     lines = ["| model | params D | d | lr | val acc % | test acc % | seeds |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name in cfg.models:
-        D = models.param_count(models.get(name))
+        D = models.param_count(models.for_data(name, ds))
         full = results.get(f"{name}_full", [])
         sub = results.get(f"{name}_subspace_{cfg.projection}", [])
         table = {"full": sweep.select_and_summarise(full, "d"),

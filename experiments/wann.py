@@ -131,6 +131,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    checks.mnist_only(cfg, "wann")
     e = cfg.evolution
     if int(cfg.input.resolution) not in range(1, 29):
         raise ConfigError(f"config.input.resolution={cfg.input.resolution} must be in 1..28.")

@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import export, models, plots, sweep, train
+from subspace_jax import data, export, models, plots, sweep, train
 from subspace_jax.workdir import EpochTicker
 from subspace_jax.errors import ConfigError
 
@@ -58,8 +58,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
     checks.common(cfg)
+    spec = data.spec(cfg.data)  # the shape models are built for
     for name in cfg.models:
-        if models.get(name).arch is None:  # get() raises with the valid names
+        if models.get(name, *spec).arch is None:  # get() raises with the valid names
             raise ConfigError(f"model {name!r} cannot be exported (no arch)")
     if not cfg.seeds or 0 not in cfg.seeds:
         raise ConfigError(f"config.seeds={tuple(cfg.seeds)} must include seed 0 (it is exported).")
@@ -76,7 +77,7 @@ def units_for(cfg, wd, ds, dat):
     units = []
     for name in cfg.models:
         def unit(uid, name=name):
-            model = models.get(name)
+            model = models.for_data(name, ds)
             run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
                                  EpochTicker(name, cfg.train.epochs))
             lrs = np.asarray(cfg.learning_rates, np.float32)
@@ -95,9 +96,9 @@ def units_for(cfg, wd, ds, dat):
     return units
 
 
-def export_seed0(wd, name: str, uid: str, records: list[dict], chosen_lr: float) -> dict:
+def export_seed0(wd, name: str, uid: str, records: list[dict], chosen_lr: float, ds) -> dict:
     """Writes ``<name>.npz`` from seed 0's params at the chosen learning rate."""
-    model = models.get(name)
+    model = models.for_data(name, ds)
     _, unravel = ravel_pytree(model.init(jax.random.key(0)))  # only the structure is used
     lrs = [r["learning_rate"] for r in records if r["seed"] == 0]  # row order of the unit
     row = int(np.argmin(np.abs(np.asarray(lrs, float) - chosen_lr)))
@@ -142,7 +143,7 @@ def run(cfg, workdir: str) -> dict:
         if row["seeds"] and any(r["seed"] == 0 and r["status"] == "ok"
                                 and r["learning_rate"] == row["learning_rate"]
                                 for r in results[name]):
-            desc = export_seed0(wd, name, units[name].id, results[name], row["learning_rate"])
+            desc = export_seed0(wd, name, units[name].id, results[name], row["learning_rate"], ds)
             row["exported"] = {"file": f"{name}.npz", "nonzero_params": desc["nonzero_params"]}
         row["published_test_acc"] = PUBLISHED.get(name)
         summary["models"][name] = row

@@ -141,6 +141,15 @@ def common(cfg) -> None:
         subspace.check_kind(cfg.projection)
 
 
+def mnist_only(cfg, experiment: str) -> None:
+    """For experiments built around MNIST's shape (golf, brute-force pruning, ...)."""
+    name = cfg.data.get("name", "mnist") if "data" in cfg else "mnist"
+    if name != "mnist":
+        raise ConfigError(f"data.name={name!r}: experiment {experiment} runs on MNIST only; "
+                          "valid: data.name='mnist' (subspace_sweep, intrinsic_dimension, zoo, "
+                          "lottery and pruning_compare take other tfds datasets)")
+
+
 # ---------------------------------------------------------------- single fields
 def at_least(value, field: str, minimum: int) -> None:
     """An integer >= ``minimum``."""

@@ -13,6 +13,7 @@ import ml_collections
 def data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         source="idx",            # idx | tfds | synthetic
+        name="mnist",            # tfds dataset name (fashion_mnist, kmnist, cifar10, ...)
         data_dir="",             # '' = the shipped data/mnist (idx) or tfds default
         val_size=10_000,         # the last val_size training images
         random_label_fraction=0.0,

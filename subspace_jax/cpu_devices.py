@@ -4,7 +4,7 @@ XLA's CPU backend runs one compiled program per device; with a single
 device, the small matmuls of a training step keep about one core busy.
 Presenting each core as a device (``--xla_force_host_platform_device_count``)
 lets ``vectorize`` shard the run axis (seeds, or hyperparameter rows) across
-cores: measured on this project's 2-core AMD EPYC machine, the
+cores: measured on this project's 2-core Intel Xeon machine (2026-12-02), the
 intrinsic_dimension grid unit of fc_200_200 (3 seeds x 6 subspace sizes, one
 epoch) took 26.3 s with 2 devices and 38.6 s with 1. A run axis that does not
 divide the device count runs on one device, as before.

@@ -1,7 +1,8 @@
 """Pure-function models over plain pytrees, registered by name.
 
 A model is ``Model(init, apply)``: ``init(key) -> params`` (a dict of dicts of
-arrays) and ``apply(params, x_Nx28x28x1) -> logits_Nx10``. No classes hold
+arrays) and ``apply(params, x_NxHxWxC) -> logits_NxK`` (MNIST: 28x28x1, K = 10;
+``get(name, input_shape, num_classes)`` builds for another dataset). No classes hold
 state; vmap over seeds is the caller's business.
 
 Convolutions are written as patches-by-slicing plus one matmul, and max-pool
@@ -21,6 +22,7 @@ exact parameter count.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -110,7 +112,12 @@ def _depthwise_init(key, k, c):
 
 
 # ---------------------------------------------------------------- families
-def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = 10) -> Model:
+def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = 10,
+        input_shape: Sequence[int] | None = None) -> Model:
+    """Dense ReLU layers on the flattened input; ``input_shape`` (e.g. H x W x C)
+    sets ``n_in`` and the export's input shape."""
+    if input_shape is not None:
+        n_in = math.prod(input_shape)
     sizes = [n_in, *hidden, n_out]
 
     def init(key):
@@ -131,8 +138,10 @@ def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = 10) -> M
         {"kind": "dense", "name": f"dense{i}", "in": a, "out": b,
          "activation": "relu" if i < len(sizes) - 2 else "none"}
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
-    side = math.isqrt(n_in)  # images are square; anything else stays a flat vector
-    arch = {"input_shape": [side, side, 1] if side * side == n_in else [n_in], "layers": layers}
+    side = math.isqrt(n_in)  # default: square images; anything else stays a flat vector
+    shape = (list(input_shape) if input_shape is not None
+             else [side, side, 1] if side * side == n_in else [n_in])
+    arch = {"input_shape": [int(d) for d in shape], "layers": layers}
     return Model(name, init, apply, "fc " + "-".join(map(str, sizes)), arch)
 
 
@@ -404,45 +413,82 @@ def from_factory(spec: str, input_shape: Sequence[int] = MNIST_SHAPE) -> Model:
 
 
 # ---------------------------------------------------------------- registry
-_REGISTRY: dict[str, Callable[[], Model]] = {
+# Each factory takes (input_shape, n_out): MNIST's (28, 28, 1) and 10 by
+# default, a tfds dataset's otherwise (``get``). FC nets flatten any shape;
+# conv nets take square images with any number of channels.
+_REGISTRY: dict[str, Callable[..., Model]] = {
     # Li et al. 2018 / greydanus 2017 subspace papers.
-    "fc_200_200": lambda: mlp("fc_200_200", (200, 200)),
-    "conv_subspace": lambda: cnn("conv_subspace", (10, 20), (5, 5), (True, True), (50,)),
+    "fc_200_200": lambda s, k: mlp("fc_200_200", (200, 200), n_out=k, input_shape=s),
+    "conv_subspace": lambda s, k: cnn("conv_subspace", (10, 20), (5, 5), (True, True), (50,),
+                                      **_conv_shape(s, k)),
     # The subspace-nn "MNIST zoo".
-    "zoo_fc16": lambda: mlp("zoo_fc16", (16,)),
-    "zoo_fc32": lambda: mlp("zoo_fc32", (32,)),
-    "zoo_cnn_small": lambda: cnn("zoo_cnn_small", (6, 6), (4, 4), (True, True), (25,)),
-    "zoo_cnn_large": lambda: cnn("zoo_cnn_large", (8, 16), (4, 4), (True, True), (32,)),
+    "zoo_fc16": lambda s, k: mlp("zoo_fc16", (16,), n_out=k, input_shape=s),
+    "zoo_fc32": lambda s, k: mlp("zoo_fc32", (32,), n_out=k, input_shape=s),
+    "zoo_cnn_small": lambda s, k: cnn("zoo_cnn_small", (6, 6), (4, 4), (True, True), (25,),
+                                      **_conv_shape(s, k)),
+    "zoo_cnn_large": lambda s, k: cnn("zoo_cnn_large", (8, 16), (4, 4), (True, True), (32,),
+                                      **_conv_shape(s, k)),
     # Pruning and memorisation studies.
-    "lenet_300_100": lambda: mlp("lenet_300_100", (300, 100)),
-    "mlp_512": lambda: mlp("mlp_512", (512,)),
+    "lenet_300_100": lambda s, k: mlp("lenet_300_100", (300, 100), n_out=k, input_shape=s),
+    "mlp_512": lambda s, k: mlp("mlp_512", (512,), n_out=k, input_shape=s),
     # Neural golf reference members.
-    "golf_relu": lambda: golf_cnn(activation="relu"),
-    "golf_prelu": lambda: golf_cnn(activation="prelu"),
+    "golf_relu": lambda s, k: golf_cnn(activation="relu", **_conv_shape(s, k)),
+    "golf_prelu": lambda s, k: golf_cnn(activation="prelu", **_conv_shape(s, k)),
     # Depthwise-separable convs 2 and 3, global average pooling (606 params).
-    "golf_sep_gap": lambda: golf_cnn((4, 8, 16), (5, 3, 3), "prelu", separable=True, gap=True),
+    "golf_sep_gap": lambda s, k: golf_cnn((4, 8, 16), (5, 3, 3), "prelu", separable=True,
+                                          gap=True, **_conv_shape(s, k)),
 }
+
+
+def _conv_shape(input_shape, n_out) -> dict:
+    """``cnn`` keywords for an ``H x W x C`` input (square images only)."""
+    if len(input_shape) != 3 or input_shape[0] != input_shape[1]:
+        raise ConfigError(f"conv models take square H x W x C images; the data has shape "
+                          f"{tuple(input_shape)} (use an FC model, e.g. fc_200_200)")
+    return {"in_size": int(input_shape[0]), "in_channels": int(input_shape[2]),
+            "n_out": int(n_out)}
 
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, input_shape: Sequence[int] = MNIST_SHAPE) -> Model:
-    """A registered model, or ``'package.module:Factory'`` (see ``from_factory``)
-    built for ``input_shape`` (registered models are fixed to MNIST)."""
+def get(name: str, input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> Model:
+    """A registered model, or ``'package.module:Factory'`` (see ``from_factory``),
+    built for ``input_shape`` and ``num_classes`` (``for_data`` takes them from
+    a dataset)."""
     if ":" in name:
         return from_factory(name, input_shape)
     if name not in _REGISTRY:
         raise ConfigError(f"Unknown model {name!r} (config field model); valid: "
                           f"{', '.join(names())}, or 'package.module:Factory' for a Flax model.")
-    return _REGISTRY[name]()
+    return _REGISTRY[name](tuple(int(d) for d in input_shape), int(num_classes))
 
 
-def register(name: str, factory: Callable[[], Model]) -> None:
+def for_data(name: str, ds) -> Model:
+    """``get(name)`` built for a ``data.Dataset``'s image shape and classes."""
+    return get(name, ds.input_shape, ds.num_classes)
+
+
+def register(name: str, factory: Callable[..., Model]) -> None:
+    """Adds ``factory(input_shape, num_classes) -> Model`` under ``name``
+    (a factory of no arguments is taken as MNIST-only)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} already registered")
-    _REGISTRY[name] = factory
+    try:
+        n_args = len(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        n_args = 2
+    if n_args == 0:
+        def fixed(input_shape, num_classes, factory=factory):
+            if tuple(input_shape) != MNIST_SHAPE or num_classes != 10:
+                raise ConfigError(f"model {name!r} is registered for MNIST (28x28x1, 10 "
+                                  f"classes) only; the data is {tuple(input_shape)}, "
+                                  f"{num_classes} classes")
+            return factory()
+        _REGISTRY[name] = fixed
+    else:
+        _REGISTRY[name] = factory
 
 
 def num_params(params) -> int:

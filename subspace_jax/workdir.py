@@ -181,13 +181,16 @@ class Lock:
     process on the same host refuses with one line naming both; a lock left by
     a process that no longer exists (killed, crashed) is taken over, so a dead
     run never holds a workdir forever. On another host the pid cannot be
-    checked: the lock is honoured until its file is removed by hand.
+    checked: the lock is honoured until its file is removed by hand. A
+    directory the lock created and nothing else wrote into (bad data found
+    after validation) is removed on release.
     """
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
         self.file = os.path.join(self.path, LOCK_FILE)
         self.held = False
+        self.created = False
 
     def _owner(self) -> dict | None:
         try:
@@ -197,6 +200,7 @@ class Lock:
             return None
 
     def acquire(self) -> "Lock":
+        self.created = not os.path.exists(self.path)
         os.makedirs(self.path, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         for _ in range(3):  # lost races against a stale-lock takeover: retry
@@ -231,6 +235,8 @@ class Lock:
             owner = self._owner()
             if owner is not None and owner.get("pid") == os.getpid():
                 os.remove(self.file)
+            if self.created and not os.listdir(self.path):  # a run that wrote nothing
+                os.rmdir(self.path)
             self.held = False
 
     def __enter__(self) -> "Lock":
