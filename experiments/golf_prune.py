@@ -15,9 +15,9 @@ recipe ``params``, its ``config.json`` the space; exported here to
 WORKDIR/golf_seed{K}.npz, which ``tools/check_model.py`` can score).
 
 The rule: the split that chooses never decides. The 10,000 validation images
-are cut in two (``train.validation_halves``): the even-indexed 5,000 *choose* (rank
+are cut in two (``train.validation_halves``, a fixed random split): 5,000 *choose* (rank
 the candidate removals, plan how many, say whether fine-tuned weights are
-better, and choose the fine-tuning epoch: ``val_*``); the odd-indexed 5,000
+better, and choose the fine-tuning epoch: ``val_*``); the other 5,000
 *decide* (verify each removal, stop the pruning, carry the final claim
 "accuracy >= threshold + margin": ``decide_*``). Pruning repeatedly scores
 zeroing every remaining parameter (weights, biases, PReLU slopes: the golf

@@ -26,9 +26,10 @@ evenly spaced in log d; all new d's of a round run in one program. Every d
 runs with ``seeds`` (3): each seed draws its own P, init and data order.
 
 The split that chooses never decides (``measure_on='val'``): each run keeps
-the params of its best epoch on the even-indexed validation images, and
-the d_int90 decisions (both thresholds, the individual baseline's accuracy,
-the bisection brackets) use the accuracy of those params on the odd-indexed ones
+the params of its best epoch on one half of the validation images (a fixed
+random split, ``train.validation_halves``), and the d_int90 decisions (both
+thresholds, the individual baseline's accuracy, the bisection brackets) use
+the accuracy of those params on the other half
 (``decide_acc``), which chose nothing. Its cost in noise: 5,000 instead of
 10,000 images, a binomial sd of 0.42 instead of 0.30 points at 90% for one
 run. For random labels (``measure_on='train'``) the last epoch is kept (no

@@ -31,8 +31,8 @@ summary.json, summary.md, lottery.png, and the exported ticket: ``ticket.npz``
 seed's network at the sparsest level of the first rewind point whose mean
 decision-half validation accuracy over seeds still reaches the dense run's
 (the densest level with the best one if none does). The split that chooses
-never decides: each run's epoch is chosen on the even-indexed validation
-images, the level is decided on the odd-indexed ones (``train.validation_halves``).
+never decides: each run's epoch is chosen on one half of the validation
+images, the level is decided on the other (``train.validation_halves``).
 ``runs/<unit>.theta_seed<first seed>.npy`` keeps that seed's kept params of
 every level (rows x levels x D) so the choice can be re-made without training.
 """

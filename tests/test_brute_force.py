@@ -88,18 +88,18 @@ def test_irrelevant_weight_goes_before_a_useful_one(threshold):
 
 
 def split_case(n=200):
-    """The halves disagree: feature 2 is zero on the choosing half (even images), so its
-    weight looks free there, but the deciding half's labels (odd images) need it
-    (y = x0 + x2 > 0)."""
+    """The halves disagree: feature 2 is zero on the choosing half, so its weight
+    looks free there, but the deciding half's labels need it (y = x0 + x2 > 0)."""
     rng = np.random.default_rng(2)
+    choose, decide = train.halves_index(n)
     x = np.zeros((n, 16), np.float32)
     x[:, 0] = rng.normal(size=n)
-    x[1::2, 2] = rng.normal(size=n // 2)
+    x[decide, 2] = rng.normal(size=len(decide))
     y = (x[:, 0] + x[:, 2] > 0).astype(np.int32)
     w = np.zeros((16, 2), np.float32)
     w[0, 1] = w[2, 1] = 5.0
     params = {"dense0": {"w": jnp.asarray(w), "b": jnp.zeros(2)}}
-    without_w2 = float(((x[1::2, 0] > 0) == y[1::2]).mean())  # deciding acc without it
+    without_w2 = float(((x[decide, 0] > 0) == y[decide]).mean())  # deciding acc without it
     return params, x.reshape(n, *SHAPE), y, without_w2
 
 
@@ -186,7 +186,8 @@ def test_candidates_vmapped_equal_a_python_loop(model):
 def test_threshold_respected_zeros_exact_deterministic_and_compiled_once():
     params, x, y = teacher_case()
     s = bf.Settings(threshold=0.8, margin=0.05, candidate_chunk=16, eval_chunk=50)
-    half = len(y) // 2  # even images choose, odd decide (train.validation_halves)
+    half = len(y) // 2
+    choose, decide = train.halves_index(len(y))  # as train.validation_halves cuts them
     need = bf.required_correct(0.85, half)
     before = bf.evaluate_removals._cache_size()
     out = bf.prune(TEACHER.apply, params, x, y, settings=s, log=None)
@@ -195,8 +196,8 @@ def test_threshold_respected_zeros_exact_deterministic_and_compiled_once():
     assert out.stop in ("threshold", "refused") and len(out.history) > 3
     assert all(h["val_correct"] >= need and h["decide_correct"] >= need for h in out.history)
     # Independently re-evaluated: the final network meets threshold + margin on each half ...
-    c, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[0::2], y[0::2])
-    d, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[1::2], y[1::2])
+    c, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[choose], y[choose])
+    d, _ = _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[decide], y[decide])
     assert c == out.history[-1]["val_correct"] >= need
     assert d == out.history[-1]["decide_correct"] >= need
     # ... and the stop is explained: no single further removal keeps the choosing half
@@ -205,14 +206,14 @@ def test_threshold_respected_zeros_exact_deterministic_and_compiled_once():
     for i in np.flatnonzero(out.mask_D):
         m = out.mask_D.copy()
         m[i] = 0
-        half_evals.append((_loop_eval(TEACHER.apply, params, out.theta_D, m, x[0::2],
-                                      y[0::2]), i, m))
+        half_evals.append((_loop_eval(TEACHER.apply, params, out.theta_D, m, x[choose],
+                                      y[choose]), i, m))
     if out.stop == "threshold":
         assert all(c < need for (c, _), _, _ in half_evals)
     else:
         (c, _), i, m = min(half_evals, key=lambda e: (-e[0][0], e[0][1], e[1]))
         assert c >= need
-        assert _loop_eval(TEACHER.apply, params, out.theta_D, m, x[1::2], y[1::2])[0] < need
+        assert _loop_eval(TEACHER.apply, params, out.theta_D, m, x[decide], y[decide])[0] < need
     # Pruned entries are exactly +0.0, in the flat vector and in the params pytree.
     dead = out.mask_D == 0
     assert dead.sum() > 0 and np.all(out.theta_D[dead] == 0) and not np.signbit(

@@ -142,3 +142,20 @@ def test_warmup_cosine_takes_a_vmapped_learning_rate(synthetic, dat):
     loss = np.asarray(out.history["train_loss"])[0]  # rows x epochs
     assert np.allclose(loss[0, 0], loss[0, 1])       # lr 0: the weights never move
     assert loss[1, 1] < loss[0, 1]                   # lr 0.01 learns
+
+
+def test_validation_halves_are_a_fixed_random_split():
+    """Disjoint, covering, the same every call, and not cut by position: MNIST
+    mixes writer populations by index, so each half must hold both parities
+    and both ends of the split in about equal numbers."""
+    choose, decide = train.halves_index(10_000)
+    assert len(choose) == 5_000 and len(decide) == 5_000
+    assert np.array_equal(np.sort(np.concatenate([choose, decide])), np.arange(10_000))
+    again = train.halves_index(10_000)
+    assert np.array_equal(again[0], choose) and np.array_equal(again[1], decide)
+    for half in (choose, decide):
+        assert abs(np.mean(half % 2) - 0.5) < 0.03 and abs(np.mean(half < 5_000) - 0.5) < 0.03
+    x = np.arange(7, dtype=np.float32)[:, None]
+    (cx, cy), (dx, dy) = train.validation_halves(x, np.arange(7))
+    assert len(cy) == 4 and len(dy) == 3 and set(cy) | set(dy) == set(range(7))
+    np.testing.assert_array_equal(cx[:, 0], cy)

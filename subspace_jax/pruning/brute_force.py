@@ -6,8 +6,8 @@ default *every* parameter is prunable (``prunable=None``; pass leaf names or
 a ``(name, leaf) -> bool`` rule to restrict it, as in ``masks.layout``).
 
 The rule: the split that chooses never decides. The validation split is cut
-in two as ``train.validation_halves`` does (the even-indexed images, the
-same ones a fine-tuning ``train.make_run`` chooses its epoch on):
+in two as ``train.validation_halves`` does (a fixed random split; the
+choosing half is the one a fine-tuning ``train.make_run`` chooses its epoch on):
 
 * the *choosing* half (``val_*`` in the history) ranks the candidates, says
   which are eligible, plans how many to remove and says whether fine-tuned
@@ -389,7 +389,8 @@ def prune(model_apply, params, val_x, val_y, *, settings: Settings | None = None
           resume: Pruned | None = None, on_pass: Callable | None = None,
           log: Callable | None = None) -> Pruned:
     """Greedy brute-force pruning on the validation split (``val_x``, ``val_y``),
-    choosing on its even-indexed images and deciding on the odd ones; see the module docstring.
+    choosing on one half (``train.validation_halves``) and deciding on the other; see the
+    module docstring.
 
     Args:
       model_apply: ``apply(params, x) -> logits``.
@@ -520,7 +521,7 @@ def make_finetune(model, tcfg, data: train.Data, seed: int = 0) -> Callable:
 
     ``tcfg`` is a ``config.train_config`` (epochs, learning rate, ...); the
     parameters of the best epoch on the choosing half (``make_run``'s ``val_*``,
-    the same even-indexed images ``prune`` chooses on) are returned. The test split is
+    the same half ``prune`` chooses on) are returned. The test split is
     replaced by one validation image so fine-tuning never touches it. One
     compiled program serves every call; ``step`` varies the data order.
     """
