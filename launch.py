@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import available
-from subspace_jax import checks, data, errors
+from subspace_jax import checks, data, errors, vectorize
 from subspace_jax import workdir as workdir_lib
 
 flags.DEFINE_string("experiment", None, f"one of: {', '.join(available())}")
@@ -83,7 +83,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # JAX's INFO lines (no TPU, ...) would bury a one-line error
         logging.set_verbosity(logging.WARNING)
-    importlib.import_module("subspace_jax.vectorize").maybe_initialize_distributed()  # if JAX_* set
+    vectorize.maybe_initialize_distributed()  # a multi-process run, if JAX_* are set
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join(
         "runs", FLAGS.experiment + ("_quick" if FLAGS.quick else ""))

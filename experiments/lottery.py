@@ -115,7 +115,7 @@ def prune_cfg(cfg):
     return pcfg
 
 
-def units_for(cfg, ds, dat, wd):
+def units_for(cfg, wd, ds, dat):
     model = models.for_data(cfg.model, ds)
     pcfg = prune_cfg(cfg)
     lay = masks.model_layout(model, tuple(pcfg.prunable))
@@ -201,7 +201,7 @@ def _fmt(mean, sd) -> str:
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
     wd, ds, dat = sweep.prepare(cfg, workdir)
-    units = units_for(cfg, ds, dat, wd)
+    units = units_for(cfg, wd, ds, dat)
     results = sweep.run_units(wd, units, "lottery")
 
     records = [r for unit in results.values() for r in unit]

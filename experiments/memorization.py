@@ -110,7 +110,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     cfg.noise_kinds = ("gaussian", "pixel", "uniform")  # first: every fraction; rest: the ends
     cfg.distill = distill.distill_config(epochs=3, batch_size=128, learning_rate=1e-3,
                                          noise_size=60_000, loss="mse")
-    # (distill.noise is unused here: each chain passes its kind from noise_kinds.)
+    del cfg.distill["noise"]  # each chain passes its kind from noise_kinds
     # Magnitude pruning.
     cfg.densities = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
     cfg.prune_mode = "global"

@@ -114,7 +114,7 @@ def _hp(cfg):
                                           (rows, 1))}
 
 
-def units_for(cfg, ds, dat, wd):
+def units_for(cfg, wd, ds, dat):
     """One unit (one compiled program, all procedures, seeds vmapped) per model."""
     n_train, shape = len(ds.train_y), ds.train_x.shape[1:]
     hp = _hp(cfg)
@@ -159,7 +159,7 @@ def _fmt_x(v) -> str:
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
     wd, ds, dat = sweep.prepare(cfg, workdir)
-    units = units_for(cfg, ds, dat, wd)
+    units = units_for(cfg, wd, ds, dat)
     results = sweep.run_units(wd, units, "pruning_compare")
 
     summary = {"models": {}, "failed_units": [u.name for u in units if u.name not in results]}

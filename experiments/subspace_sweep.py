@@ -71,7 +71,7 @@ def validate(cfg) -> None:
             raise ConfigError(f"config.{field}={tuple(cfg[field])} must be positive learning rates.")
 
 
-def units_for(cfg, ds, dat):
+def units_for(cfg, wd, ds, dat):
     n_train = len(ds.train_y)
     units = []
     for name in cfg.models:
@@ -116,7 +116,7 @@ def units_for(cfg, ds, dat):
 def run(cfg, workdir: str) -> dict:
     validate(cfg)
     wd, ds, dat = sweep.prepare(cfg, workdir)
-    units = units_for(cfg, ds, dat)
+    units = units_for(cfg, wd, ds, dat)
     results = sweep.run_units(wd, units, "subspace_sweep")
 
     summary = {"models": {}, "failed_units": [u.name for u in units if u.name not in results]}

@@ -192,7 +192,8 @@ def make_distill_run(teacher: Model, student: Model, dcfg):
     teacher on 91% of the training images with Gaussian noise, 82% with
     pixel-matched noise and 31% with uniform noise.
     """
-    default_noise = noise_index(dcfg.noise)
+    # No ``noise`` field: every run's hp must name its kind (memorization's chains do).
+    default_noise = noise_index(dcfg.noise) if "noise" in dcfg else None
     if dcfg.loss not in LOSSES:
         raise ValueError(f"Unknown distillation loss {dcfg.loss!r} (config field loss); "
                          f"valid: {', '.join(LOSSES)}.")
@@ -212,7 +213,9 @@ def make_distill_run(teacher: Model, student: Model, dcfg):
         t_apply = lambda x: lax.stop_gradient(teacher.apply(teacher_params, x))
         s_apply = lambda w_D, x: student.apply(s_unravel(w_D), x)
         mean, sd = pixel_stats(data.train_x)
-        kind = hp.get("noise", jnp.int32(default_noise))
+        if "noise" not in hp and default_noise is None:
+            raise ValueError("distillation: no noise kind (config field noise, or hp['noise'])")
+        kind = hp.get("noise", None if default_noise is None else jnp.int32(default_noise))
         draw = lambda k, idx: noise_examples(kind, k, idx, mean, sd)
         fit = lambda w_D, x, t: soft_target_loss(dcfg.loss, s_apply(w_D, x), t, dcfg.temperature)
 

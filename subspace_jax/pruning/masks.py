@@ -116,10 +116,6 @@ def from_flat(mask_D, params_like):
     return jax.tree.map(lambda m: m > 0, unravel(jnp.asarray(mask_D, jnp.float32)))
 
 
-def apply_mask(params, mask):
-    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), params, mask)
-
-
 # ---------------------------------------------------------------- selection
 def _clean(score):
     # NaN never wins; adding +0.0 turns -0.0 into +0.0 so equal scores tie exactly.
