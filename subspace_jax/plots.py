@@ -37,3 +37,54 @@ def accuracy_vs_d(models: dict, subtitle: str = ""):
         fig.suptitle(subtitle, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+PUBLISHED_MARKERS = {"tiny-MNIST": "x", "Li": "+", "subspace-nn": "1"}  # by source prefix
+
+
+def frontier(points: list[dict], published: list[dict], zoom: tuple = (88, 100)):
+    """Test accuracy vs free parameters (log x), all of it and the top ``zoom``
+    range: one colour per method, one marker per budget; hollow markers chose
+    under the previous protocol; black marks are published, test-selected; the
+    step line joins our frontier points."""
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    for ax in axes:
+        _frontier_panel(ax, points, published)
+    axes[1].set_ylim(*zoom)
+    axes[0].set_title("all points", fontsize=9)
+    axes[1].set_title(f"{zoom[0]}-{zoom[1]}%", fontsize=9)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+def _frontier_panel(ax, points: list[dict], published: list[dict]) -> None:
+    methods = sorted({p["method"] for p in points})
+    markers = "osD^v<>p*h"
+    for i, method in enumerate(methods):
+        mine = [p for p in points if p["method"] == method]
+        for j, budget in enumerate(sorted({p["budget"] for p in mine})):
+            for hollow in (False, True):
+                sel = [p for p in mine if p["budget"] == budget
+                       and (p["protocol"] == "previous") == hollow]
+                if sel:
+                    ax.plot([p["free_params"] for p in sel],
+                            [100 * p["test_acc_mean"] for p in sel], markers[j % len(markers)],
+                            color=f"C{i}", ms=5, alpha=0.8, mfc="none" if hollow else f"C{i}",
+                            ls="none", label=f"{method}, {budget}"
+                            + (", previous protocol" if hollow else ""))
+    best = sorted((p for p in points if p["on_frontier"]), key=lambda p: p["free_params"])
+    if best:
+        ax.step([p["free_params"] for p in best], [100 * p["test_acc_mean"] for p in best],
+                where="post", color="k", lw=1, alpha=0.6,
+                label="frontier of our points (test-scored)")
+    for prefix, marker in PUBLISHED_MARKERS.items():
+        sel = [p for p in published if p["source"].startswith(prefix)]
+        if sel:
+            ax.plot([p["free_params"] for p in sel], [100 * p["test_acc_mean"] for p in sel],
+                    "k" + marker, ms=9, mew=1.5, ls="none",
+                    label=f"published, test-selected: {sel[0]['source']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("free parameters (as each method counts them)")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")

@@ -67,6 +67,8 @@ MACHINES = {
             "commit `f212c82`",
     "golf_prune": f"{CPU}, shared with other jobs, code of commit `f212c82`",
     "interpret": f"{CPU}, 22 s",
+    "frontier": "this project's 2-core x86_64 CPU (Intel Xeon), 2026-12-02, about 2 s; it reads "
+                "the committed summaries and trains nothing",
 }
 
 
@@ -724,6 +726,33 @@ def interpret(root: str) -> str:
                 note="No accuracy is decided here, so the protocol does not apply.")
 
 
+# ---------------------------------------------------------------- frontier
+FRONTIER_NOTE = ("**Protocols mixed, each point marked.** Every row says how its point was "
+                 "chosen: `current` (epoch chosen on one validation half, decided on the "
+                 "other), `previous` (chosen and decided on the same validation images), "
+                 "`no choice` (fixed epochs) or, for the published points, `test-selected`.")
+
+
+def frontier(root: str) -> str:
+    """docs/results/frontier.md from the committed run of experiments/frontier.py."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import importlib
+    experiment = importlib.import_module("experiments.frontier")  # its own text: cannot disagree
+    s = load(root, "frontier/summary.json")
+    body = ["MNIST test accuracy against free parameters across every method, read from the "
+            "committed `summary.json` files (nothing retrained); at each method, size, budget "
+            "and protocol the point validation prefers. "
+            "Data: `docs/results/frontier/summary.json`.", "",
+            "![frontier](frontier/frontier.png)", "", *experiment.markdown(s), ""]
+    commands = """
+python launch.py --experiment=frontier --workdir=runs/frontier
+cp runs/frontier/{summary.json,summary.md,frontier.png} docs/results/frontier/
+"""
+    return page("frontier: test accuracy vs free parameters, every method", "frontier",
+                commands, body, note=FRONTIER_NOTE)
+
+
 # ---------------------------------------------------------------- README headline
 def headline(root: str) -> list[str]:
     """One row per method: its best result, from the committed JSON."""
@@ -815,7 +844,7 @@ def readme(root: str) -> str:
 PAGES = {"subspace_sweep": subspace_sweep, "intrinsic_dimension": intrinsic_dimension,
          "memorization": memorization, "lottery": lottery, "pruning_compare": pruning_compare,
          "wann": wann, "zoo": zoo, "golf": golf, "golf_prune": golf_prune,
-         "interpret": interpret}
+         "interpret": interpret, "frontier": frontier}
 ON_PAGE: dict[str, str] = {}   # experiments whose results live on another experiment's page
 
 
