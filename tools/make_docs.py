@@ -826,11 +826,21 @@ def integrity(root: str) -> list[str]:
             f"(`docs/results/{CPU_PARITY}/`). Not re-run: every other result."]
 
 
+def frontier_lead(root: str) -> list[str]:
+    """The README's lead: the frontier's sentence and figure."""
+    s = load(root, "frontier/summary.json")
+    return [s["sentence"] + " Every point is **previous protocol** unless its page says "
+            "otherwise; published records (chosen on test) are marked on the figure "
+            "([frontier](docs/results/frontier.md)).", "",
+            "![frontier: test accuracy vs free parameters](docs/results/frontier/frontier.png)"]
+
+
 def readme(root: str) -> str:
     """README.md with each generated block replaced by what its data give."""
     with open(os.path.join(root, "README.md")) as f:
         text = f.read()
-    for name, make in (("headline", headline), ("integrity", integrity)):
+    for name, make in (("frontier", frontier_lead), ("headline", headline),
+                       ("integrity", integrity)):
         begin, end = (m.format(name) for m in BLOCK)
         start, stop = text.find(begin), text.find(end)
         if start < 0 or stop < start:
