@@ -296,8 +296,9 @@ def test_finetune_hook_and_comparison_counts():
     need = bf.required_correct(0.55, 32)
     assert all(h["val_correct"] >= need and h["decide_correct"] >= need for h in out.history)
     assert np.all(out.theta_D[out.mask_D == 0] == 0)
-    assert _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[:64:2], y[:64:2])[0] == (
-        out.history[-1]["val_correct"])
+    choose = train.halves_index(64)[0]
+    assert _loop_eval(TEACHER.apply, params, out.theta_D, out.mask_D, x[:64][choose],
+                      y[:64][choose])[0] == out.history[-1]["val_correct"]
 
 
 def _quick_cfg(tmp_path):
