@@ -159,3 +159,23 @@ def test_validation_halves_are_a_fixed_random_split():
     (cx, cy), (dx, dy) = train.validation_halves(x, np.arange(7))
     assert len(cy) == 4 and len(dy) == 3 and set(cy) | set(dy) == set(range(7))
     np.testing.assert_array_equal(cx[:, 0], cy)
+
+
+def test_seed_forms_give_the_same_numbers(synthetic, dat, monkeypatch):
+    """Seeds mapped one after another (the CPU default) or vmapped: same runs."""
+    cfg = tcfg()
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0), len(synthetic.train_y))
+    hp = hp_rows(cfg, 2, learning_rate=np.float32([0.01, 0.03]))
+    keys = vectorize.run_keys([0, 1, 2])
+    out = {}
+    for form in ("map", "vmap"):
+        monkeypatch.setenv(vectorize.SEED_FORM_ENV, form)
+        assert vectorize.seed_form(3) == form
+        out[form] = jax.device_get(vectorize.vmapped(run, keys, hp, dat))
+    np.testing.assert_allclose(out["map"].history["train_loss"], out["vmap"].history["train_loss"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["map"].final["test_acc"], out["vmap"].final["test_acc"],
+                               atol=1e-6)
+    monkeypatch.setenv(vectorize.SEED_FORM_ENV, "sideways")
+    with pytest.raises(ValueError, match="SUBSPACE_JAX_SEED_FORM='sideways'"):
+        vectorize.seed_form(3)
