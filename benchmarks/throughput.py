@@ -8,7 +8,8 @@ Rows (batch 64, Adam lr 1e-3, real MNIST, through ``train.make_run`` and
 ``vectorize.vmapped``, the path every experiment takes):
   conv full        the 21,840-param conv net, full space, one run
   conv subspace    the same, dense d = 1,000 subspace (theta0 + P omega)
-  conv 8 seeds     8 seeds of the full-space run vmapped (aggregate images/s)
+  conv 8 seeds     8 seeds of the full-space run in one program (aggregate images/s;
+                   on a CPU mapped per device, ``vectorize.seed_form``)
   golf             the 820-param golf CNN (convs 4,5,4; kernels 4,3,3; PReLU), one trial
   golf 8 trials    8 trials of it (8 learning rates) vmapped, aggregate
 
@@ -55,7 +56,7 @@ CONV, GOLF = "conv_subspace", "golf_prelu"
 ROWS = (  # name, model, d, seeds, rows of hp, torch reference
     ("conv full", CONV, 0, 1, 1, "conv full"),
     ("conv subspace d=1000", CONV, 1000, 1, 1, "conv subspace d=1000"),
-    ("conv 8 seeds vmapped", CONV, 0, 8, 1, "conv full"),
+    ("conv 8 seeds, one program", CONV, 0, 8, 1, "conv full"),
     ("golf 820, one trial", GOLF, 0, 1, 1, "golf 820"),
     ("golf 820, 8 trials vmapped", GOLF, 0, 1, 8, "golf 820"),
 )
