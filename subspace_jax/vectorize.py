@@ -22,7 +22,6 @@ outputs on every process.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 from typing import Callable, Mapping, Sequence
@@ -154,16 +153,6 @@ def _over_seeds(fn, in_axes, n_seeds: int, form: str):
                          check_vma=False)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(run: Callable, n_seeds: int, n_rows: int, form: str = "vmap"):
-    # Inner: hyperparameter rows share the key, so theta0, P and the data
-    # order are computed once per seed. Outer: seeds (n_seeds=0: one shared key).
-    vrun = _vmap_or_expand(run, (None, 0, None), n_rows)
-    if n_seeds:
-        vrun = _over_seeds(vrun, (0, None, None), n_seeds, form)
-    return jax.jit(vrun)
-
-
 def _mesh():
     return Mesh(np.asarray(jax.devices()), ("runs",))
 
@@ -217,6 +206,12 @@ def _across_processes(compiled, keys, hp, data):
                         if _spans_processes(x) else x, out)
 
 
+# How each argument of a stage is batched: over rows and seeds (a carry), over
+# seeds (keys), over rows (hp), or shared (data, the first epoch).
+_BOTH, _SEED, _ROW, _SHARED = "both", "seed", "row", "shared"
+_STAGES: dict = {}
+
+
 def _place(keys, hp: Mapping[str, np.ndarray]):
     """Checks the run axis and shards it: ``(keys, hp, n_seeds, n_rows)``."""
     hp = {k: jnp.asarray(v) for k, v in hp.items()}
@@ -248,20 +243,19 @@ def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):
     the outputs of all runs (gathered into NumPy arrays when they were sharded).
     """
     keys, hp, n_seeds, n_rows = _place(keys, hp)
-    compiled = _compiled(run, n_seeds, n_rows, seed_form(n_seeds) if n_seeds else "vmap")
+    compiled = _stage(run, (_SEED, _ROW, _SHARED), n_seeds, n_rows)
     if jax.process_count() > 1:
         return _across_processes(compiled, keys, hp, data)
     return compiled(keys, hp, data)
 
 
-# How each argument of a stage is batched: over rows and seeds (a carry), over
-# seeds (keys), over rows (hp), or shared (data, the first epoch).
-_BOTH, _SEED, _ROW, _SHARED = "both", "seed", "row", "shared"
-_STAGES: dict = {}
-
-
 def _stage(fn: Callable, kinds: tuple[str, ...], n_seeds: int, n_rows: int, *static):
-    """``fn`` vmapped like ``_compiled`` (rows inner, seeds outer) and jitted, cached."""
+    """``fn`` over the run axes and jitted, cached on everything static.
+
+    ``kinds`` says how each argument is batched. Inner: hyperparameter rows
+    share the key, so theta0, P and the data order are computed once per seed.
+    Outer: seeds (``seed_form``; n_seeds=0: one shared key).
+    """
     form = seed_form(n_seeds) if n_seeds else "vmap"
     cache_key = (fn, kinds, n_seeds, n_rows, static, form)
     if cache_key not in _STAGES:
@@ -310,7 +304,8 @@ def vmapped_chunks(run: Callable, keys, hp: Mapping[str, np.ndarray], data,
         parts.append(history)
         epoch += n
         if checkpoint is not None and epoch < stages.epochs:
-            checkpoint.save(epoch, carry, _concat(parts, epoch_axis))
+            parts = [_concat(parts, epoch_axis)]  # the history so far, joined once
+            checkpoint.save(epoch, carry, parts[0])
         else:
             jax.block_until_ready(carry)  # the signal check point of this chunk
     return finish(carry, _concat(parts, epoch_axis), keys, hp, data)
