@@ -76,7 +76,8 @@ COUNTED = {
 
 INTRINSIC = ("gpu_h100/intrinsic_dimension", "gpu_h100/intrinsic_dimension_sparse",
              "gpu_h100/intrinsic_dimension_fastfood", "cpu/intrinsic_dimension_fc_sparse_random")
-GOLF = ("gpu_golf", "gpu_golf_600", "golf_ref_space", "golf_ref_space_16ep")
+GOLF = (("gpu_golf", "previous"), ("gpu_golf_600", "previous"), ("golf_ref_space", "previous"),
+        ("golf_ref_space_16ep", "previous"), ("current_ref_space_16ep", "current"))
 GOLF_PRUNE_SEEDS = (0, 1, 2)          # the seeds of the final golf recipe that were pruned
 GOLF_PRUNE_ARMS = ("brute_force", "magnitude", "magnitude+finetune", "obd", "obd+finetune")
 STUDENT_NOISE = "gaussian"  # memorization's first noise kind: chosen before any result, not on one
@@ -276,12 +277,12 @@ def golf_prune(root: str) -> list[dict]:
 
 def golf(root: str) -> list[dict]:
     out = []
-    for rel in GOLF:
+    for rel, protocol in GOLF:
         f = read(root, f"golf/{rel}/summary.json")["final"]
         if f is None:  # the search found no recipe: nothing was retrained
             continue
         out.append(point("golf", f"{f['model']} ({rel})", f["nonzero_params_mean"], f,
-                         source=f"golf/{rel}/summary.json", protocol="previous",
+                         source=f"golf/{rel}/summary.json", protocol=protocol,
                          budget=f"{f['recipe']['epochs']} epochs", choose_key="val_acc_mean",
                          seeds=f["seeds"]))
     return out
