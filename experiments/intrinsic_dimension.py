@@ -104,6 +104,10 @@ the largest grid d (validate refuses fewer) and keep it fixed across
 phases, so every d reads the same trajectory. The free parameters reported
 stay d: the k (or M K) full-space steps are extra information paid for in
 D dimensions, so these d_int90s are not Li et al.'s random-subspace ones.
+The burned-in point is the floor of the curve (omega = 0 keeps it): with too
+many steps it passes the threshold alone and d_int90 is "<= the smallest d"
+(the quick form with ``burn_in:steps=100``, 3 epochs of its 2,000 images,
+gave 89% at d = 16). Choose k with the burned-in point below the threshold.
 The pre-training is repeated once per epoch chunk (sweep units checkpoint
 every epoch): k (or M K) full-space steps per seed per epoch, plus a QR of
 the D x M snapshots for ``trajectory`` (fc_200_200, M = 1,600: 1.3 GB per seed).

@@ -29,8 +29,8 @@ orthonormal ever builds a D x d array):
   ``d_active`` < d uses the shares of ``d_active``. sum_l n_l x max d_l
   memory (fc_200_200: about 0.66 x the dense kind's D x d).
 * ``burn_in``: the ``base`` kind (default dense; its options pass through)
-  around a burned-in theta0: ``steps`` full-space steps first (``lr``,
-  ``batch``; ``train.make_pretrain``).
+  around a burned-in theta0: ``steps`` full-space steps first (default 0:
+  the base kind itself; ``lr``, ``batch``; ``train.make_pretrain``).
 * ``trajectory``: P = the top-d left singular vectors of the differences
   theta_t - theta0 of ``snapshots`` snapshots (default d), one every
   ``every`` steps of a full-space run (``lr``, ``batch``); theta0 stays the
