@@ -93,6 +93,16 @@ def validate(cfg) -> None:
             raise ConfigError(f"config.{field}={tuple(cfg[field])} must be positive learning rates.")
 
 
+def subspace_hp(cfg, dims) -> dict[str, np.ndarray]:
+    """Rows: every d times every lr0 of ``subspace_learning_rates``, each
+    through ``subspace_lr_rule`` at its d (``subspace.learning_rate``)."""
+    lr0_R = np.tile(np.asarray(cfg.subspace_learning_rates, np.float32), len(dims))
+    d_R = np.repeat(np.asarray(dims, np.int32), len(cfg.subspace_learning_rates))
+    lr_R = lr0_R * subspace.learning_rate(cfg.subspace_lr_rule, 1.0, d_R, int(cfg.subspace_lr_d0))
+    return {"d_active": d_R, "learning_rate": lr_R,
+            "weight_decay": np.full(len(d_R), cfg.train.weight_decay, np.float32)}
+
+
 def units_for(cfg, wd, ds, dat):
     n_train = len(ds.train_y)
     units = []
@@ -114,11 +124,7 @@ def units_for(cfg, wd, ds, dat):
             tcfg.batch_size = cfg.subspace_batch_size
             run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train,
                                  EpochTicker(f"{model.name} subspace", tcfg.epochs))
-            lr0_R = np.tile(np.asarray(cfg.subspace_learning_rates, np.float32), len(dims))
-            d_R = np.repeat(np.asarray(dims, np.int32), len(cfg.subspace_learning_rates))
-            hp = {"d_active": d_R, "learning_rate": lr0_R * subspace.learning_rate(
-                cfg.subspace_lr_rule, 1.0, d_R, int(cfg.subspace_lr_d0))}
-            hp["weight_decay"] = np.full(len(hp["d_active"]), cfg.train.weight_decay, np.float32)
+            hp = subspace_hp(cfg, dims)
             return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": hp["d_active"]})
 
         common = {"model": name, "data": cfg.data, "train": cfg.train,

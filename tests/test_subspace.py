@@ -151,7 +151,8 @@ def test_regenerated_custom_vjp_equals_autodiff_of_materialised():
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "fastfood", "regenerated:block=5", "subspace_nn"])
+@pytest.mark.parametrize("kind", ["sparse", "fastfood", "regenerated:block=5", "subspace_nn",
+                                  "per_layer"])
 def test_vmap_over_projection_seeds_equals_loop(kind):
     keys = jax.random.split(jax.random.key(12), 3)
     omega_3xd = normal(13, 3, d)
@@ -350,11 +351,13 @@ def test_burn_in_and_trajectory_start_from_the_full_space_run():
 
 def test_per_layer_in_make_run():
     model, data, hp = tiny_run_setup()
-    out = vectorize.vmapped(subspace_run(model, "per_layer"), vectorize.run_keys([0]), hp, data)
-    omega_2xd = np.asarray(out.params)[0]
+    out = vectorize.vmapped(subspace_run(model, "per_layer"), vectorize.run_keys([0, 1]), hp,
+                            data)
+    omega_2x2xd = np.asarray(out.params)
     assert np.isfinite(np.asarray(out.final["train_loss"])).all()
-    np.testing.assert_array_equal(omega_2xd[0, 2:], 0.0)
-    assert np.all(omega_2xd[1] != 0.0)
+    np.testing.assert_array_equal(omega_2x2xd[:, 0, 2:], 0.0)  # d_active = 2
+    assert np.all(omega_2x2xd[:, 1] != 0.0)
+    assert not np.allclose(omega_2x2xd[0], omega_2x2xd[1])  # the seeds differ
 
 
 def test_new_kind_errors():
