@@ -20,7 +20,9 @@ measured after every epoch on two halves of the validation split:
   binomial sd at 90% accuracy is sqrt(0.9 * 0.1 / 5,000) = 0.42 points for the
   default 10,000 validation images (0.30 for all 10,000).
 
-The test set is scored once, at the end, on the kept parameters.
+The test set is scored once, at the end, on the kept parameters. A
+``burn_in`` or ``trajectory`` projection first trains in full space
+(``make_pretrain``: the same key's init and data order) for its theta0 or P.
 """
 
 from __future__ import annotations
