@@ -314,7 +314,8 @@ def test_burn_in_and_trajectory_start_from_the_full_space_run():
     full = train.make_run(model, full_cfg, subspace_config(0), 64)
     keys = vectorize.run_keys([0, 1])
     full_hp = {k: np.asarray(v)[None] for k, v in train.default_hp(full_cfg).items()}
-    theta_full_2xD = np.asarray(vectorize.vmapped(full, keys, full_hp, data).params)[:, 0]
+    full_out = vectorize.vmapped(full, keys, full_hp, data)
+    theta_full_2xD = np.asarray(full_out.params)[:, 0]
     from jax.flatten_util import ravel_pytree
     tcfg = train_config()
     burn = train.make_pretrain(model, tcfg, "burn_in:steps=8,batch=16,lr=0.001", 64, 6)
@@ -340,13 +341,22 @@ def test_burn_in_and_trajectory_start_from_the_full_space_run():
         move = theta_full_2xD[s] - theta_D
         resid = move - U_Dx3 @ (U_Dx3.T @ move)
         assert np.linalg.norm(resid) < 0.3 * np.linalg.norm(move)
-    for kind in ("burn_in:steps=8,batch=16", "trajectory:snapshots=8,every=1,batch=16"):
-        out = vectorize.vmapped(subspace_run(model, kind), keys, hp, data)
-        omega_2x2xd = np.asarray(out.params)
+    # A third row with lr 0 keeps omega = 0: it scores the run's own theta0.
+    hp = {"learning_rate": np.asarray([0.05, 0.05, 0.0], np.float32),
+          "weight_decay": np.zeros(3, np.float32), "d_active": np.asarray([2, 8, 8], np.int32)}
+    outs = {kind: vectorize.vmapped(subspace_run(model, kind), keys, hp, data)
+            for kind in ("burn_in:steps=8,batch=16", "trajectory:snapshots=8,every=1,batch=16")}
+    for kind, out in outs.items():
+        omega_2x3xd = np.asarray(out.params)
         assert np.isfinite(np.asarray(out.final["train_loss"])).all(), kind
-        np.testing.assert_array_equal(omega_2x2xd[:, 0, 2:], 0.0)  # d_active = 2
-        assert np.all(omega_2x2xd[:, 1] != 0.0)
-        assert not np.allclose(omega_2x2xd[0], omega_2x2xd[1])  # the seeds differ
+        np.testing.assert_array_equal(omega_2x3xd[:, 0, 2:], 0.0)  # d_active = 2
+        assert np.all(omega_2x3xd[:, 1] != 0.0)
+        assert not np.allclose(omega_2x3xd[0], omega_2x3xd[1])  # the seeds differ
+        np.testing.assert_array_equal(omega_2x3xd[:, 2], 0.0)
+    # The burn_in run itself starts at the full-space run's 8-step params.
+    burned = outs["burn_in:steps=8,batch=16"].final["test_loss"]
+    np.testing.assert_allclose(np.asarray(burned)[:, 2],
+                               np.asarray(full_out.final["test_loss"])[:, 0], rtol=1e-5)
 
 
 def test_per_layer_in_make_run():
