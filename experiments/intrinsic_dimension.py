@@ -405,6 +405,11 @@ def markdown(summary: dict, cfg) -> str:
                          f"{pct(r['train_acc_mean'], r['train_acc_sd'])} | "
                          f"{pct(r['test_acc_mean'], r['test_acc_sd'])} | {r['seeds']} | "
                          f"{r['diverged']} |")
+    pre = subspace.pretraining(cfg.projection, max(int(d) for d in cfg.grid))
+    if pre and pre["steps"]:
+        lines += ["", f"{cfg.projection}: {pre['steps']:,} full-space steps per seed before "
+                  "subspace training (at the largest d), information beyond the d free "
+                  "parameters: not a random-subspace d_int90."]
     notes = [f"- {name}: {m['published']['note']}" for name, m in summary["models"].items()
              if m["published"]]
     if notes:
@@ -466,6 +471,8 @@ def run(cfg, workdir: str) -> dict:
                           for name in cfg.models}}
     summary["failed_units"] = failed
     summary["settings"] = {"projection": cfg.projection, "measure_on": cfg.measure_on,
+                           "pretraining": subspace.pretraining(
+                               cfg.projection, max(int(d) for d in cfg.grid)),
                            "subspace_lr": {"rule": cfg.subspace_lr_rule,
                                            "lr0": cfg.subspace_learning_rate,
                                            "d0": cfg.subspace_lr_d0,
