@@ -100,10 +100,11 @@ kind, default dense): theta0 := the full-space run's params after k steps
 ``trajectory:snapshots=M,every=K``: P = the top-d principal directions
 (SVD, uncentred) of theta_t - theta0 over M snapshots, one every K
 full-space steps (theta0 = init; a dense D x d P). Give ``snapshots`` >=
-the largest grid d (validate refuses fewer) and keep it fixed across
-phases, so every d reads the same trajectory. The free parameters reported
-stay d: the k (or M K) full-space steps are extra information paid for in
-D dimensions, so these d_int90s are not Li et al.'s random-subspace ones.
+the largest grid d (validate refuses fewer, or none: the search phases
+have different d_max), so every d reads the same trajectory. The free
+parameters reported stay d: the k (or M K) full-space steps are extra
+information paid for in D dimensions, so these d_int90s are not Li et al.'s
+random-subspace ones.
 The burned-in point is the floor of the curve (omega = 0 keeps it): with too
 many steps it passes the threshold alone and d_int90 is "<= the smallest d"
 (the quick form with ``burn_in:steps=100``, 3 epochs of its 2,000 images,
@@ -196,6 +197,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"config.measure_on={cfg.measure_on!r}; valid: {', '.join(MEASURES)}.")
     if not cfg.seeds:
         raise ConfigError("config.seeds must name at least one seed.")
+    name, options = subspace.parse_kind(cfg.projection)
+    if name == "trajectory" and "snapshots" not in options:
+        raise ConfigError(f"config.projection={cfg.projection!r}: give snapshots=M (M >= the "
+                          "largest grid d), e.g. trajectory:snapshots=1600, so that every "
+                          "search phase reads the same trajectory.")
     subspace.check_lr_rule(cfg.subspace_lr_rule, cfg.subspace_lr_d0)
     factors = tuple(cfg.subspace_lr_factors)
     if not factors or any(float(f) <= 0 for f in factors) or len(set(factors)) < len(factors):

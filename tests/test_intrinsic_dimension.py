@@ -225,3 +225,9 @@ def test_lr_rule_rows_and_choice_on_the_choosing_half():
     bad.measure_on, bad.subspace_lr_factors = "train", (0.5, 1.0)
     with pytest.raises(ValueError, match="measure_on='val'"):
         exp.validate(bad)
+    for projection, match in (("trajectory", "give snapshots"),
+                              ("trajectory:snapshots=512", "snapshots >= 1024")):
+        bad = exp.get_config(quick=True)
+        bad.projection = projection
+        with pytest.raises(ValueError, match=match):
+            exp.validate(bad)
