@@ -80,6 +80,50 @@ What worked (README): ``--config.models='("fc_200_200",)'
 --config.train.epochs=100 --config.grid='(1000,4000,16000,64000)'
 --config.subspace_learning_rate=0.01`` (d_int90 = 8,537).
 
+Subspaces better than random (issue 15; not yet measured). Each command
+measures both default models (fc_200_200, conv_subspace) with the protocol
+above, beside the dense/sparse/fastfood workdirs:
+
+    python launch.py --experiment=intrinsic_dimension --config.projection=per_layer \
+        --workdir=runs/intrinsic_dimension_per_layer
+    python launch.py --experiment=intrinsic_dimension --config.projection=burn_in:steps=500 \
+        --workdir=runs/intrinsic_dimension_burn_in500
+    python launch.py --experiment=intrinsic_dimension \
+        --config.projection=trajectory:snapshots=1600,every=1 \
+        --workdir=runs/intrinsic_dimension_trajectory
+
+``per_layer``: a random basis per leaf, shares of d proportional to the
+leaf's size (``subspace`` docstring). ``burn_in:steps=k`` (options ``lr``,
+``batch``, default 1e-3, 64: the full-space run's; ``base`` = the random
+kind, default dense): theta0 := the full-space run's params after k steps
+(same seed: same init and data order), then P random as usual.
+``trajectory:snapshots=M,every=K``: P = the top-d principal directions
+(SVD, uncentred) of theta_t - theta0 over M snapshots, one every K
+full-space steps (theta0 = init; a dense D x d P). Give ``snapshots`` >=
+the largest grid d (validate refuses fewer, or none: the search phases
+have different d_max), so every d reads the same trajectory. The free
+parameters reported stay d: the k (or M K) full-space steps are extra
+information paid for in D dimensions, so these d_int90s are not Li et al.'s
+random-subspace ones.
+The burned-in point is the floor of the curve (omega = 0 keeps it): with too
+many steps it passes the threshold alone and d_int90 is "<= the smallest d"
+(the quick form with ``burn_in:steps=100``, 3 epochs of its 2,000 images,
+gave 89% at d = 16). Choose k with the burned-in point below the threshold.
+The pre-training is repeated once per epoch chunk (sweep units checkpoint
+every epoch): k (or M K) full-space steps per seed per epoch, plus a QR of
+the D x M snapshots for ``trajectory`` (fc_200_200, M = 1,600: 1.3 GB per seed).
+
+Learning rate (issue 15, item 3): ``subspace_lr_rule='fixed'`` (default,
+the old rate ``subspace_learning_rate`` at every d) or ``'sqrt'``: lr(d) =
+lr0 min(1, sqrt(d0 / d)), d0 = ``subspace_lr_d0`` (``subspace.learning_rate``
+gives the derivation). ``subspace_lr_factors`` (several) runs each d at
+each factor times the rule's rate, in the same vmapped program, and keeps
+per d the factor with the best mean ``val_acc`` (the choosing half); the
+deciding half (``decide_acc``) then decides as above and never chooses:
+
+    python launch.py --experiment=intrinsic_dimension --config.subspace_lr_rule=sqrt \
+        --config.subspace_lr_factors='(0.5,1.0,2.0)' --workdir=runs/intrinsic_dimension_lr_sqrt
+
 Writes: config.json, metrics.jsonl (per epoch and run), runs/*.json,
 summary.json (curves, baselines, estimates), summary.md, intrinsic_dimension.png.
 """
@@ -121,7 +165,10 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     cfg.measure_on = "val"            # val | train (random labels)
     cfg.bootstrap_samples = 1000
     cfg.ci_level = 0.9
-    cfg.subspace_learning_rate = 0.05
+    cfg.subspace_learning_rate = 0.05  # lr0 of the rule below
+    cfg.subspace_lr_rule = "fixed"     # fixed: lr0 at every d | sqrt: lr0 min(1, sqrt(d0 / d))
+    cfg.subspace_lr_d0 = 1000
+    cfg.subspace_lr_factors = (1.0,)   # several: each d keeps the best on val_acc (choosing half)
     cfg.subspace_batch_size = 128
     cfg.data = C.data_config()
     cfg.train = C.train_config(epochs=10, batch_size=64, learning_rate=1e-3)  # full space
@@ -145,11 +192,24 @@ def validate(cfg) -> None:
     for name in cfg.models:
         D = models.param_count(models.get(name, *spec))  # get() raises with the valid names
         checks.subspace_dims(cfg.grid, "grid", name, D)  # d > D is an error, never clamped
-        subspace.check_kind(cfg.projection, D)
+        subspace.check_kind(cfg.projection, D, d=max(int(d) for d in cfg.grid))
     if cfg.measure_on not in MEASURES:
         raise ConfigError(f"config.measure_on={cfg.measure_on!r}; valid: {', '.join(MEASURES)}.")
     if not cfg.seeds:
         raise ConfigError("config.seeds must name at least one seed.")
+    name, options = subspace.parse_kind(cfg.projection)
+    if name == "trajectory" and "snapshots" not in options:
+        raise ConfigError(f"config.projection={cfg.projection!r}: give snapshots=M (M >= the "
+                          "largest grid d), e.g. trajectory:snapshots=1600, so that every "
+                          "search phase reads the same trajectory.")
+    subspace.check_lr_rule(cfg.subspace_lr_rule, cfg.subspace_lr_d0)
+    factors = tuple(cfg.subspace_lr_factors)
+    if not factors or any(float(f) <= 0 for f in factors) or len(set(factors)) < len(factors):
+        raise ConfigError(f"config.subspace_lr_factors={factors!r} must be distinct numbers > 0.")
+    if len(factors) > 1 and cfg.measure_on != "val":
+        raise ConfigError("config.subspace_lr_factors: several factors need measure_on='val' "
+                          "(the choosing validation half picks one; on train it would also "
+                          "decide).")
     if cfg.bisection_rounds < 0 or cfg.bisection_points < 1:
         raise ConfigError("config.bisection_rounds must be >= 0 and bisection_points >= 1.")
     if not (0 < cfg.global_threshold <= 1 and 0 < cfg.individual_fraction <= 1):
@@ -187,14 +247,16 @@ def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed:
         return train.make_run(model, tcfg, scfg, len(ds.train_y),
                               EpochTicker(f"{name} {phase}", tcfg.epochs))
 
-    d_R = np.asarray(dims, np.int32)
+    d_R, factor_R, lr_R = learning_rates(cfg, tcfg, dims, subspace_run)
     hp = {"d_active": d_R if subspace_run else np.zeros(len(d_R), np.int32),
-          "learning_rate": np.full(len(d_R), tcfg.learning_rate, np.float32),
-          "weight_decay": np.full(len(d_R), tcfg.weight_decay, np.float32)}
+          "learning_rate": lr_R, "weight_decay": np.full(len(d_R), tcfg.weight_decay, np.float32)}
+    depends = {"data": cfg.data, "train": tcfg, "subspace": scfg, "d": d_R}
+    if not np.all(lr_R == np.float32(tcfg.learning_rate)):  # else tcfg names it (old ids hold)
+        depends["learning_rate"] = lr_R
     units = [sweep.Unit(f"{name}_{phase}_seeds{'-'.join(map(str, seeds))}",
-                        {"data": cfg.data, "train": tcfg, "subspace": scfg, "seeds": seeds,
-                         "d": d_R}, lambda _, seeds=seeds: sweep.run_unit(run_fn(), seeds, hp, dat,
-                                                                        {"d": d_R}))
+                        {**depends, "seeds": seeds},
+                        lambda _, seeds=seeds: sweep.run_unit(run_fn(), seeds, hp, dat,
+                                                              {"d": d_R, "lr_factor": factor_R}))
              for seeds in seed_chunks(cfg)]
     results = sweep.run_units(wd, units, f"{name} {phase}")
     missing = [u.id for u in units if u.name not in results]
@@ -202,6 +264,38 @@ def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed:
         failed.extend(missing)
         return None
     return [{**r, "phase": phase} for u in units for r in results[u.name]]
+
+
+def learning_rates(cfg, tcfg, dims, subspace_run: bool):
+    """Rows ``(d_R, factor_R, lr_R)``: every d times every factor of the rule's
+    learning rate (``subspace.learning_rate``); the full space: tcfg's, once."""
+    if not subspace_run:
+        return (np.asarray(dims, np.int32), np.ones(len(dims), np.float32),
+                np.full(len(dims), tcfg.learning_rate, np.float32))
+    factors = np.asarray(cfg.subspace_lr_factors, np.float32)
+    d_R = np.repeat(np.asarray(dims, np.int32), len(factors))
+    factor_R = np.tile(factors, len(dims))
+    lr_R = subspace.learning_rate(cfg.subspace_lr_rule, tcfg.learning_rate, d_R,
+                                  int(cfg.subspace_lr_d0)) * factor_R
+    return d_R, factor_R, lr_R.astype(np.float32)
+
+
+CHOOSES = "val_acc"  # the choosing validation half; decide_acc never chooses
+
+
+def choose_learning_rates(records) -> list[dict]:
+    """Per d, the records of the lr factor with the best mean ``val_acc`` over
+    seeds (``report.choose``: fewest diverged first); with every factor
+    diverged, the first factor's (diverged) records."""
+    chosen = []
+    for d in sorted({int(r["d"]) for r in records}):
+        options: dict[float, list] = {}
+        for r in records:
+            if int(r["d"]) == d:
+                options.setdefault(float(r.get("lr_factor", 1.0)), []).append(r)
+        best = report.choose(options, CHOOSES)
+        chosen.extend(options[min(options) if best is None else best])
+    return chosen
 
 
 def decision_metric(cfg) -> str:
@@ -249,6 +343,7 @@ def measure_model(cfg, name: str, wd, ds, dat, failed: list) -> dict:
         got = run_phase(wd, cfg, name, phase, dims, max(dims), ds, dat, failed)
         if got is None:
             return None
+        got = choose_learning_rates(got)
         records.extend(got)
         return decision_values(got, metric, cfg.seeds)
 
@@ -266,7 +361,8 @@ def measure_model(cfg, name: str, wd, ds, dat, failed: list) -> dict:
     rows = []
     for d in sorted(curve):
         at_d = [r for r in records if int(r["d"]) == d]
-        rows.append({"d": d, "phase": at_d[0]["phase"], **stats(at_d)})
+        rows.append({"d": d, "phase": at_d[0]["phase"],
+                     "learning_rate": float(at_d[0]["learning_rate"]), **stats(at_d)})
     return {"params": D, "projection": cfg.projection, "measure_on": cfg.measure_on,
             "decided_on": metric,
             "full": stats(full) if full is not None else None, "thresholds": thresholds,
@@ -298,21 +394,28 @@ def markdown(summary: dict, cfg) -> str:
                          f"| - | - | {published} |")
     decides = decision_metric(cfg)
     tag = {k: " (decides)" if k == decides else "" for k in ("decide_acc", "train_acc")}
-    lines += ["", "| model | d | phase | val acc % (chooses epoch) | "
+    lines += ["", "| model | d | phase | lr | val acc % (chooses epoch, lr) | "
                   f"val acc % (other half){tag['decide_acc']} | train acc %{tag['train_acc']} | "
                   "test acc % (reported only) | runs | diverged |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in summary["models"].items():
-        rows = m["curve"] + ([{"d": f"full ({m['params']:,})", "phase": "full", **m["full"]}]
+        rows = m["curve"] + ([{"d": f"full ({m['params']:,})", "phase": "full",
+                               "learning_rate": cfg.train.learning_rate, **m["full"]}]
                              if m["full"] else [])
         for r in rows:
             d = f"{r['d']:,}" if isinstance(r["d"], int) else r["d"]
-            lines.append(f"| {name} | {d} | {r['phase']} | "
+            lr = f"{r['learning_rate']:.3g}" if r.get("learning_rate") is not None else "-"
+            lines.append(f"| {name} | {d} | {r['phase']} | {lr} | "
                          f"{pct(r['val_acc_mean'], r['val_acc_sd'])} | "
                          f"{pct(r['decide_acc_mean'], r['decide_acc_sd'])} | "
                          f"{pct(r['train_acc_mean'], r['train_acc_sd'])} | "
                          f"{pct(r['test_acc_mean'], r['test_acc_sd'])} | {r['seeds']} | "
                          f"{r['diverged']} |")
+    pre = subspace.pretraining(cfg.projection, max(int(d) for d in cfg.grid))
+    if pre and pre["steps"]:
+        lines += ["", f"{cfg.projection}: {pre['steps']:,} full-space steps per seed before "
+                  "subspace training (at the largest d), information beyond the d free "
+                  "parameters: not a random-subspace d_int90."]
     notes = [f"- {name}: {m['published']['note']}" for name, m in summary["models"].items()
              if m["published"]]
     if notes:
@@ -374,6 +477,12 @@ def run(cfg, workdir: str) -> dict:
                           for name in cfg.models}}
     summary["failed_units"] = failed
     summary["settings"] = {"projection": cfg.projection, "measure_on": cfg.measure_on,
+                           "pretraining": subspace.pretraining(
+                               cfg.projection, max(int(d) for d in cfg.grid)),
+                           "subspace_lr": {"rule": cfg.subspace_lr_rule,
+                                           "lr0": cfg.subspace_learning_rate,
+                                           "d0": cfg.subspace_lr_d0,
+                                           "factors": list(cfg.subspace_lr_factors)},
                            "seeds": list(cfg.seeds), "epochs": cfg.train.epochs,
                            "ci": f"{100 * cfg.ci_level:g}% percentile bootstrap, "
                                  f"{cfg.bootstrap_samples} resamples of the seeds at each d"}

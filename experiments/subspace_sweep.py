@@ -18,6 +18,25 @@ test accuracy: conv full 98.7%, d=1000 96.3%, d=300 91.6%, d=100 76.5%;
 FC full 97.4%, d=1000 91.5%, d=300 82.3%, d=100 62.8%. The subspace-nn
 write-up reported after 100 epochs on the conv net: full 99.0%, d=1000 93.5%.
 
+Any projection kind (``subspace.PROJECTIONS``) and the learning-rate rule
+(``subspace_lr_rule``: fixed | sqrt, lr(d) = lr0 min(1, sqrt(d0 / d)) with d0
+= ``subspace_lr_d0``; each lr0 of ``subspace_learning_rates`` goes through
+the rule and each d keeps the best on ``val_acc``), e.g. the conv net's d up
+to 10,000 (issue 15, items 2-4):
+
+    python launch.py --experiment=subspace_sweep --config.projection=per_layer \
+        --workdir=runs/subspace_sweep_per_layer
+    python launch.py --experiment=subspace_sweep --config.projection=burn_in:steps=500 \
+        --workdir=runs/subspace_sweep_burn_in500
+    python launch.py --experiment=subspace_sweep \
+        --config.projection=trajectory:snapshots=1000 --workdir=runs/subspace_sweep_trajectory
+    python launch.py --experiment=subspace_sweep --config.models='("conv_subspace",)' \
+        --config.dims='(1000,3000,10000)' --config.subspace_lr_rule=sqrt \
+        --config.subspace_learning_rates='(0.025,0.05,0.1)' --workdir=runs/subspace_sweep_lr_sqrt
+
+Burn-in and trajectory kinds train in full space first (extra information:
+the reported free parameters stay d; see experiments/intrinsic_dimension.py).
+
 Writes: config.json, metrics.jsonl (per epoch and run), runs/*.json,
 summary.json (the table), summary.md, accuracy_vs_d.png.
 """
@@ -40,7 +59,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     cfg.dims = (3, 10, 30, 100, 300, 1000)
     cfg.seeds = (0, 1)
     cfg.full_learning_rates = (1e-3,)
-    cfg.subspace_learning_rates = (0.05,)
+    cfg.subspace_learning_rates = (0.05,)  # lr0's of the rule below; best on val_acc per d
+    cfg.subspace_lr_rule = "fixed"         # fixed: lr0 at every d | sqrt: lr0 min(1, sqrt(d0 / d))
+    cfg.subspace_lr_d0 = 1000
     cfg.subspace_batch_size = 128
     cfg.projection = "dense"
     cfg.data = C.data_config()
@@ -63,12 +84,23 @@ def validate(cfg) -> None:
     for name in cfg.models:
         D = models.param_count(models.get(name, *spec))  # get() raises with the valid names
         checks.subspace_dims(cfg.dims, "dims", name, D)
-        subspace.check_kind(cfg.projection, D)
+        subspace.check_kind(cfg.projection, D, d=max(int(d) for d in cfg.dims))
+    subspace.check_lr_rule(cfg.subspace_lr_rule, cfg.subspace_lr_d0)
     if not cfg.seeds:
         raise ConfigError("config.seeds must name at least one seed.")
     for field in ("full_learning_rates", "subspace_learning_rates"):
         if not cfg[field] or any(float(v) <= 0 for v in cfg[field]):
             raise ConfigError(f"config.{field}={tuple(cfg[field])} must be positive learning rates.")
+
+
+def subspace_hp(cfg, dims) -> dict[str, np.ndarray]:
+    """Rows: every d times every lr0 of ``subspace_learning_rates``, each
+    through ``subspace_lr_rule`` at its d (``subspace.learning_rate``)."""
+    lr0_R = np.tile(np.asarray(cfg.subspace_learning_rates, np.float32), len(dims))
+    d_R = np.repeat(np.asarray(dims, np.int32), len(cfg.subspace_learning_rates))
+    lr_R = lr0_R * subspace.learning_rate(cfg.subspace_lr_rule, 1.0, d_R, int(cfg.subspace_lr_d0))
+    return {"d_active": d_R, "learning_rate": lr_R,
+            "weight_decay": np.full(len(d_R), cfg.train.weight_decay, np.float32)}
 
 
 def units_for(cfg, wd, ds, dat):
@@ -92,23 +124,18 @@ def units_for(cfg, wd, ds, dat):
             tcfg.batch_size = cfg.subspace_batch_size
             run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train,
                                  EpochTicker(f"{model.name} subspace", tcfg.epochs))
-            g = {"d_active": [], "learning_rate": []}
-            for d in dims:
-                for lr in cfg.subspace_learning_rates:
-                    g["d_active"].append(d)
-                    g["learning_rate"].append(lr)
-            hp = {"d_active": np.asarray(g["d_active"], np.int32),
-                  "learning_rate": np.asarray(g["learning_rate"], np.float32)}
-            hp["weight_decay"] = np.full(len(hp["d_active"]), cfg.train.weight_decay, np.float32)
+            hp = subspace_hp(cfg, dims)
             return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": hp["d_active"]})
 
         common = {"model": name, "data": cfg.data, "train": cfg.train,
                   "seeds": tuple(cfg.seeds)}
         units.append(sweep.Unit(f"{name}_full", {**common, "lrs": cfg.full_learning_rates},
                                 full))
+        lr_rule = ({} if cfg.subspace_lr_rule == "fixed" else  # fixed: the old ids hold
+                   {"lr_rule": cfg.subspace_lr_rule, "lr_d0": cfg.subspace_lr_d0})
         units.append(sweep.Unit(f"{name}_subspace_{cfg.projection}",
                                 {**common, "lrs": cfg.subspace_learning_rates, "dims": dims,
-                                 "projection": cfg.projection,
+                                 "projection": cfg.projection, **lr_rule,
                                  "batch_size": cfg.subspace_batch_size}, sub))
     return units
 

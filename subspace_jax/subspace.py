@@ -19,6 +19,28 @@ orthonormal ever builds a D x d array):
   (a ``custom_vjp``). O(D x block) memory for any d, O(D d) time.
 * ``subspace_nn``: theta0's own direction (unit norm) as column 0, trainable
   like the rest, plus d - 1 columns of a ``base`` kind (default dense).
+* ``per_layer``: one dense Gaussian block per leaf of the params pytree (a
+  layer's weights or biases, in ``ravel_pytree`` order), unit-norm columns
+  supported on that leaf only. Leaf l of n_l weights gets d_l of the d
+  columns, d_l = d n_l / D rounded by largest remainder (``layer_shares``):
+  floor(d n_l / D) each, then one more to the largest remainders (ties: the
+  larger leaf, then the earlier one) until the shares sum to d. A leaf whose
+  share is 0 (a small bias at small d) stays at theta0. A run with
+  ``d_active`` < d uses the shares of ``d_active``. sum_l n_l x max d_l
+  memory (fc_200_200: about 0.66 x the dense kind's D x d).
+* ``burn_in``: the ``base`` kind (default dense; its options pass through)
+  around a burned-in theta0: ``steps`` full-space steps first (default 0:
+  the base kind itself; ``lr``, ``batch``; ``train.make_pretrain``).
+* ``trajectory``: P = the top-d left singular vectors of the differences
+  theta_t - theta0 of ``snapshots`` snapshots (default d), one every
+  ``every`` steps of a full-space run (``lr``, ``batch``); theta0 stays the
+  init. Dense D x d, orthonormal columns ordered by singular value.
+
+Burn-in and trajectory bases use extra full-space training, which is
+information the d free parameters did not pay for: a run still reports d
+free parameters, and results with them are marked as such (not the random
+subspace of Li et al.). ``make_projection`` takes their product (theta0_D
+or ``basis_Dxd``) from ``train.make_pretrain``.
 
 Options go as keywords or in the kind string, ``"sparse:nnz=8"`` or
 ``"subspace_nn:base=sparse,nnz=8"``, so a config string selects them all
@@ -41,9 +63,17 @@ from jax import lax
 
 from subspace_jax.errors import ConfigError
 
-PROJECTIONS = ("dense", "orthonormal", "sparse", "fastfood", "regenerated", "subspace_nn")
+PROJECTIONS = ("dense", "orthonormal", "sparse", "fastfood", "regenerated", "subspace_nn",
+               "per_layer", "burn_in", "trajectory")
+_PRETRAIN = ("lr", "batch")
 _OPTIONS = {"dense": (), "orthonormal": (), "sparse": ("nnz",), "fastfood": (),
-            "regenerated": ("block",), "subspace_nn": ("base",)}
+            "regenerated": ("block",), "subspace_nn": ("base",), "per_layer": (),
+            "burn_in": ("base", "steps", *_PRETRAIN),
+            "trajectory": ("snapshots", "every", *_PRETRAIN)}
+WRAPPERS = ("subspace_nn", "burn_in")  # kinds with a random ``base`` kind
+PRETRAINED = ("burn_in", "trajectory")  # kinds that train in full space first
+_INT_OPTIONS = {"nnz": 1, "block": 1, "steps": 0, "batch": 1, "snapshots": 1, "every": 1}
+PRETRAIN_DEFAULTS = {"lr": 1e-3, "batch": 64}  # the full-space runs' Adam defaults
 _BLOCK_ELEMENTS = 1 << 24  # regenerated: default block of about 64 MiB float32
 
 
@@ -80,33 +110,65 @@ def _check(name: str, options: dict, D: int | None = None) -> None:
     if unknown:
         raise ConfigError(f"projection {name!r} has no option(s) {sorted(unknown)}; "
                           f"valid: {', '.join(_OPTIONS[name]) or 'none'}.")
-    for option in ("nnz", "block"):
+    for option, low in _INT_OPTIONS.items():
         value = options.get(option)
         if value is None:
             continue
         top = D if option == "nnz" else None
-        if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low
                 or (top is not None and value > top)):
-            valid = f"an integer in [1, D={top}]" if top else "an integer >= 1"
+            valid = f"an integer in [1, D={top}]" if top else f"an integer >= {low}"
             raise ConfigError(f"projection option {option}={value!r} of {name!r}: valid is "
                               f"{valid}" + (" (nnz = D is the dense law)." if top else "."))
+    lr = options.get("lr")
+    if lr is not None and (isinstance(lr, (bool, str)) or not 0 < lr < math.inf):
+        raise ConfigError(f"projection option lr={lr!r} of {name!r}: valid is a number > 0.")
 
 
-def check_kind(spec: str, D: int | None = None, field: str = "projection") -> None:
+def _split_base(name: str, options: dict) -> tuple[str, dict, dict]:
+    """A wrapper kind's own options, its base kind and the base's options."""
+    own = {k: v for k, v in options.items() if k in _OPTIONS[name] and k != "base"}
+    base_name, base_options = parse_kind(str(options.get("base", "dense")))
+    if base_name not in PROJECTIONS or base_name in WRAPPERS + PRETRAINED + ("per_layer",):
+        raise ConfigError(f"{name} needs a random base kind, not {base_name!r}; valid: "
+                          "dense, orthonormal, sparse, fastfood, regenerated.")
+    rest = {k: v for k, v in options.items() if k not in _OPTIONS[name]}
+    return base_name, own, {**base_options, **rest}
+
+
+def check_kind(spec: str, D: int | None = None, field: str = "projection",
+               d: int | None = None) -> None:
     """Raises ``ConfigError`` naming ``config.<field>`` unless ``spec`` is a usable
-    projection for ``D`` parameters (``D=None``: every check that does not need it)."""
+    projection for ``D`` parameters and subspace sizes up to ``d`` (``None``:
+    every check that does not need it)."""
     try:
         name, options = parse_kind(spec)
-        if name == "subspace_nn":
-            options = dict(options)
-            base_name, base_options = parse_kind(str(options.pop("base", "dense")))
-            if base_name == "subspace_nn":
-                raise ConfigError("subspace_nn needs a random base kind, not subspace_nn.")
-            _check(base_name, {**base_options, **options}, D)
+        if name in WRAPPERS:
+            base_name, own, base_options = _split_base(name, options)
+            _check(name, own, D)
+            _check(base_name, base_options, D)
         else:
             _check(name, options, D)
+        if name == "trajectory" and d is not None and options.get("snapshots", d) < d:
+            raise ConfigError(f"trajectory:snapshots={options['snapshots']} gives at most that "
+                              f"many directions, fewer than d={d}; valid: snapshots >= {d}.")
     except ConfigError as e:
         raise ConfigError(f"config.{field}={spec!r}: {e}") from None
+
+
+def pretraining(spec: str, d: int) -> dict | None:
+    """The full-space pre-training a kind needs, or None: ``steps``, ``lr``,
+    ``batch``, and the ``snapshots`` taken every ``every`` steps (burn-in:
+    one, at the end)."""
+    name, options = parse_kind(spec)
+    if name not in PRETRAINED:
+        return None
+    out = {**PRETRAIN_DEFAULTS, **{k: options[k] for k in _PRETRAIN if k in options}}
+    if name == "burn_in":
+        steps = int(options.get("steps", 0))
+        return {**out, "steps": steps, "snapshots": 1 if steps else 0, "every": steps}
+    snapshots, every = int(options.get("snapshots", d)), int(options.get("every", 1))
+    return {**out, "steps": snapshots * every, "snapshots": snapshots, "every": every}
 
 
 def _linear_map(apply, transpose):
@@ -277,6 +339,72 @@ def _regenerated_apply(D: int, d: int, block: int):
     return _linear_map(apply, transpose)
 
 
+# ---------------------------------------------------------------- per layer
+def layer_shares(d_max: int, sizes) -> np.ndarray:
+    """``share_KxL[d, l]``: leaf l's columns when the subspace has d <= d_max.
+
+    Largest remainder: floor(d n_l / D) each, then +1 to the leaves with the
+    largest remainders d n_l mod D (ties: larger leaf, then earlier) until
+    the row sums to d. Exact integer arithmetic.
+    """
+    n_L = np.asarray(sizes, np.int64)
+    D, L = int(n_L.sum()), len(n_L)
+    num_KxL = np.arange(d_max + 1, dtype=np.int64)[:, None] * n_L
+    share_KxL, rem_KxL = num_KxL // D, num_KxL % D
+    for d, (share_L, rem_L) in enumerate(zip(share_KxL, rem_KxL)):
+        order = np.lexsort((np.arange(L), -n_L, -rem_L))  # last key sorts first
+        share_L[order[:d - int(share_L.sum())]] += 1
+    return share_KxL
+
+
+def per_layer_params(key, sizes, d: int):
+    """``(blocks, share_KxL)``: per leaf l a Gaussian ``n_l x max_d share`` block,
+    unit-norm columns, from ``fold_in(key, l)``; the share table of ``layer_shares``."""
+    share_KxL = layer_shares(d, sizes)
+    blocks = []
+    for l, (n, cap) in enumerate(zip(sizes, share_KxL.max(0))):
+        B = jax.random.normal(jax.random.fold_in(key, l), (int(n), int(cap)))
+        blocks.append(B / jnp.linalg.norm(B, axis=0, keepdims=True))
+    return blocks, share_KxL
+
+
+def per_layer_apply(blocks, share_KxL, omega_d, d_active):
+    """Leaf l's delta is ``B_l`` times its run of ``share[d_active, l]`` omega
+    entries; the runs follow each other in leaf order from omega's entry 0."""
+    share_L = jnp.asarray(share_KxL, jnp.int32)[d_active]
+    start_L = jnp.cumsum(share_L) - share_L
+    parts = []
+    for l, B in enumerate(blocks):
+        i_c = jnp.arange(B.shape[1])
+        w_c = omega_d[jnp.minimum(start_L[l] + i_c, omega_d.size - 1)]
+        parts.append(B @ jnp.where(i_c < share_L[l], w_c, 0.0))
+    return jnp.concatenate(parts)
+
+
+def _layer_sizes(layer_sizes, D: int):
+    if layer_sizes is None or int(sum(layer_sizes)) != D:
+        raise ValueError(f"projection 'per_layer' needs layer_sizes summing to D={D} "
+                         f"(train.make_run passes the leaf sizes), got {layer_sizes}")
+    return tuple(int(n) for n in layer_sizes)
+
+
+# ---------------------------------------------------------------- trajectory
+def trajectory_basis(diffs_MxD, d: int):
+    """``U_Dxd``: the top-d left singular vectors of X = diffs^T (D x M), in
+    order of singular value; QR of X first, so the SVD is of an M x M matrix.
+    Orthonormal columns (beyond X's rank: still orthonormal, from Q)."""
+    Q_DxM, R_MxM = jnp.linalg.qr(diffs_MxD.T)
+    U_MxM, _, _ = jnp.linalg.svd(R_MxM, full_matrices=False)
+    return Q_DxM @ U_MxM[:, :d]
+
+
+def _basis(basis_Dxd, D: int, d: int):
+    if basis_Dxd is None or basis_Dxd.shape[0] != D or basis_Dxd.shape[1] < d:
+        raise ValueError("projection 'trajectory' needs basis_Dxd of at least d columns "
+                         "(train.make_run builds it with make_pretrain)")
+    return basis_Dxd[:, :d]
+
+
 # ---------------------------------------------------------------- interface
 def _unit(theta0_D):
     if theta0_D is None:
@@ -284,7 +412,8 @@ def _unit(theta0_D):
     return theta0_D / jnp.maximum(jnp.linalg.norm(theta0_D), 1e-30)
 
 
-def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, **options):
+def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, layer_sizes=None,
+                    d_active=None, basis_Dxd=None, **options):
     """Returns ``project(omega_d) -> delta_D``, the linear map P of ``kind``.
 
     Args:
@@ -292,27 +421,37 @@ def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, **options)
       key: the projection key (P is a pure function of it).
       D, d: parameter count and subspace size (static).
       theta0_D: the starting point; used only by ``subspace_nn``.
+      layer_sizes: leaf sizes in ``ravel_pytree`` order (``per_layer``).
+      d_active: the run's active size (traceable; ``per_layer``'s shares; default d).
+      basis_Dxd: the trajectory basis (``trajectory``; from ``train.make_pretrain``).
       **options: ``nnz`` (sparse; default ceil(sqrt(D))), ``block`` (regenerated:
-        columns regenerated at a time), ``base`` (subspace_nn: kind of the
-        d - 1 random columns, default dense; other options go to it).
+        columns regenerated at a time), ``base`` (subspace_nn, burn_in: the
+        random kind, default dense; other options go to it).
     """
     name, parsed = parse_kind(kind)
     options = {**parsed, **options}
-    if name == "subspace_nn":
-        base = str(options.pop("base", "dense"))
-        base_name, base_options = parse_kind(base)
-        if base_name == "subspace_nn":
-            raise ConfigError("subspace_nn needs a random base kind, not subspace_nn")
-        _check(base_name, {**base_options, **options}, D)
+    if name in WRAPPERS:
+        base_name, own, base_options = _split_base(name, options)
+        _check(name, own, D)
+        _check(base_name, base_options, D)
+        if name == "burn_in":  # theta0_D is already the burned-in point
+            return make_projection(base_name, key, D, d, **base_options)
         u_D = _unit(theta0_D)
         if d == 1:
             return lambda omega_d: omega_d[0] * u_D
-        rest = make_projection(base, key, D, d - 1, **options)
+        rest = make_projection(base_name, key, D, d - 1, **base_options)
         return lambda omega_d: omega_d[0] * u_D + rest(omega_d[1:])
     _check(name, options, D)
     if name in ("dense", "orthonormal"):
         P_Dxd = (dense_projection if name == "dense" else orthonormal_projection)(key, D, d)
         return lambda omega_d: P_Dxd @ omega_d
+    if name == "trajectory":
+        U_Dxd = _basis(basis_Dxd, D, d)
+        return lambda omega_d: U_Dxd @ omega_d
+    if name == "per_layer":
+        blocks, share_KxL = per_layer_params(key, _layer_sizes(layer_sizes, D), d)
+        d_active = d if d_active is None else d_active
+        return lambda omega_d: per_layer_apply(blocks, share_KxL, omega_d, d_active)
     if name == "sparse":
         rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
         return lambda omega_d: sparse_apply(rows_dxk, vals_dxk, omega_d, D)
@@ -324,22 +463,36 @@ def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, **options)
     return lambda omega_d: apply(key, omega_d)
 
 
-def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, **options):
+def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, layer_sizes=None,
+                      d_active: int | None = None, basis_Dxd=None, **options):
     """The explicit ``P_Dxd`` that ``make_projection`` applies, built from the
-    same random parameters by a separate route (small shapes: tests, analysis)."""
+    same random parameters by a separate route (small shapes: tests, analysis;
+    ``d_active`` a Python int here)."""
     name, parsed = parse_kind(kind)
     options = {**parsed, **options}
-    if name == "subspace_nn":
-        base = str(options.pop("base", "dense"))
+    if name in WRAPPERS:
+        base_name, _, base_options = _split_base(name, options)
+        if name == "burn_in":
+            return projection_matrix(base_name, key, D, d, **base_options)
         cols = [_unit(theta0_D)[:, None]]
         if d > 1:
-            cols.append(projection_matrix(base, key, D, d - 1, **options))
+            cols.append(projection_matrix(base_name, key, D, d - 1, **base_options))
         return jnp.concatenate(cols, axis=1)
     _check(name, options)
     if name == "dense":
         return dense_projection(key, D, d)
     if name == "orthonormal":
         return orthonormal_projection(key, D, d)
+    if name == "trajectory":
+        return _basis(basis_Dxd, D, d)
+    if name == "per_layer":
+        sizes = _layer_sizes(layer_sizes, D)
+        blocks, share_KxL = per_layer_params(key, sizes, d)
+        P_Dxd, row, col = jnp.zeros((D, d)), 0, 0
+        for B, n, k in zip(blocks, sizes, share_KxL[d if d_active is None else d_active]):
+            P_Dxd = P_Dxd.at[row:row + n, col:col + k].set(B[:, :k])
+            row, col = row + n, col + int(k)
+        return P_Dxd
     if name == "sparse":
         rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
         cols_dxk = jnp.broadcast_to(jnp.arange(d)[:, None], rows_dxk.shape)
@@ -358,3 +511,32 @@ def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, **option
 def column_mask(d_max: int, d_active):
     """1.0 for the first ``d_active`` of ``d_max`` columns, else 0.0 (traceable)."""
     return (jnp.arange(d_max) < d_active).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------- learning rate
+LR_RULES = ("fixed", "sqrt")
+
+
+def learning_rate(rule: str, lr0: float, d, d0: int):
+    """The subspace learning rate at size ``d`` (NumPy; ``d`` may be an array).
+
+    ``fixed``: lr0 at every d. ``sqrt``: lr0 * min(1, sqrt(d0 / d)). Why: Adam
+    moves each omega coordinate by about lr per step whatever the gradient's
+    scale, and P's unit-norm random columns are nearly orthogonal, so
+    |P delta_omega| is about lr sqrt(d): the step in theta grows as sqrt(d).
+    ``sqrt`` holds it at lr0 sqrt(d0) above d0 (derived for Adam's sign-like
+    steps; for SGD the scaling differs).
+    """
+    check_lr_rule(rule, d0)
+    d = np.asarray(d, np.float64)
+    if rule == "fixed":
+        return np.full(d.shape, lr0, np.float32)
+    return (lr0 * np.minimum(1.0, np.sqrt(d0 / d))).astype(np.float32)
+
+
+def check_lr_rule(rule: str, d0, field: str = "subspace_lr_rule") -> None:
+    if rule not in LR_RULES:
+        raise ConfigError(f"config.{field}={rule!r}; valid: {', '.join(LR_RULES)}.")
+    if isinstance(d0, bool) or not isinstance(d0, (int, np.integer)) or d0 < 1:
+        raise ConfigError(f"config.subspace_lr_d0={d0!r} must be an integer >= 1 "
+                          "(the d up to which the sqrt rule keeps lr0).")

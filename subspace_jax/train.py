@@ -20,11 +20,14 @@ measured after every epoch on two halves of the validation split:
   binomial sd at 90% accuracy is sqrt(0.9 * 0.1 / 5,000) = 0.42 points for the
   default 10,000 validation images (0.30 for all 10,000).
 
-The test set is scored once, at the end, on the kept parameters.
+The test set is scored once, at the end, on the kept parameters. A
+``burn_in`` or ``trajectory`` projection first trains in full space
+(``make_pretrain``: the same key's init and data order) for its theta0 or P.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import jax
@@ -35,6 +38,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from subspace_jax import subspace
+from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -165,6 +169,85 @@ def evaluate(apply, params, x, y, chunk: int):
     return loss / x.shape[0], correct / x.shape[0]
 
 
+def key_parts(key):
+    """A run's purpose keys ``(init, data order, projection)``."""
+    return jax.random.split(key, 3)
+
+
+def epoch_batches(k_data, epoch, n_train: int, batch: int):
+    """``idx_SxB``: the batches of one epoch, a permutation from ``fold_in(k_data, epoch)``."""
+    perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
+    steps = n_train // batch
+    return perm[:steps * batch].reshape(steps, batch)
+
+
+def _loss_fn(apply_flat):
+    def loss_fn(w, x, y):
+        logits = apply_flat(w, x)
+        return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
+    return loss_fn
+
+
+def _train_step(loss_fn, opt, data: Data, mask_D=None):
+    """One optimiser step on the batch ``idx``: ``(w, opt_state) -> (.., (loss, acc))``."""
+    def train_step(state, idx):
+        w, opt_state = state
+        (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            w, data.train_x[idx], data.train_y[idx])
+        updates, opt_state = opt.update(g, opt_state, w)
+        if mask_D is not None:  # pruned weights stay exactly zero
+            updates = updates * mask_D
+        return (optax.apply_updates(w, updates), opt_state), (loss, acc)
+    return train_step
+
+
+def make_pretrain(model: Model, tcfg, projection: str, n_train: int, d_max: int):
+    """The full-space stage of a ``burn_in`` or ``trajectory`` projection; None
+    for other kinds (and ``burn_in:steps=0``).
+
+    Returns ``pretrain(theta_D, unravel, k_data, data) -> (theta0_D, basis_Dxd)``:
+    ``steps`` full-space steps from theta_D, exactly the first steps of a
+    full-space ``make_run`` of the same key with a constant learning rate
+    (same init, same data order, ``epoch_batches``): ``train.optimizer``,
+    the kind's ``lr`` and ``batch``, no weight decay. ``burn_in``: theta0_D =
+    the end point, no basis. ``trajectory``: theta0_D = theta_D, basis = the
+    top ``d_max`` directions of the snapshot differences (``trajectory_basis``).
+    It reads no hp, so under vmap it runs once per seed, shared by the rows.
+    """
+    spec = subspace.pretraining(projection, d_max)
+    if spec is None or spec["steps"] == 0:
+        return None
+    subspace.check_kind(projection, d=d_max)
+    batch, steps = int(spec["batch"]), int(spec["steps"])
+    if batch > n_train:
+        raise ConfigError(f"config.projection={projection!r}: batch={batch} exceeds the "
+                          f"{n_train} training images.")
+    epochs = -(-steps // (n_train // batch))
+    opt = make_optimizer(SimpleNamespace(optimizer=tcfg.optimizer, momentum=tcfg.momentum,
+                                         schedule="constant"),
+                         {"learning_rate": jnp.float32(spec["lr"]),
+                          "weight_decay": jnp.float32(0.0)}, steps, n_train // batch)
+    trajectory = subspace.parse_kind(projection)[0] == "trajectory"
+
+    def pretrain(theta_D, unravel, k_data, data: Data):
+        idx_SxB = jax.vmap(lambda e: epoch_batches(k_data, e, n_train, batch))(
+            jnp.arange(epochs)).reshape(-1, batch)[:steps]
+        step = _train_step(_loss_fn(lambda w, x: model.apply(unravel(w), x)), opt, data)
+
+        def snapshot(state, idx_ExB):
+            state, _ = lax.scan(step, state, idx_ExB)
+            return state, state[0] - theta_D
+
+        (theta_end, _), diffs_MxD = lax.scan(
+            snapshot, (theta_D, opt.init(theta_D)),
+            idx_SxB.reshape(spec["snapshots"], spec["every"], batch))
+        if trajectory:
+            return theta_D, subspace.trajectory_basis(diffs_MxD, d_max)
+        return theta_end, None
+
+    return pretrain
+
+
 def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     """Builds ``run(key, hp, data) -> Result`` for one run.
 
@@ -187,12 +270,14 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     epochs = int(tcfg.epochs)
     d_max = int(scfg.d_max)
     chunk = int(tcfg.eval_chunk)
+    pretrain = make_pretrain(model, tcfg, scfg.projection, n_train, d_max) if d_max else None
 
     def setup(key, hp, data: Data):
         """Everything one run derives from its key and hp: (initial carry, epoch step, finish)."""
-        k_init, k_data, k_proj = jax.random.split(key, 3)
+        k_init, k_data, k_proj = key_parts(key)
         (sel_x, sel_y), (dec_x, dec_y) = validation_halves(data.val_x, data.val_y)
-        theta0_D, unravel = ravel_pytree(model.init(k_init))
+        params0 = model.init(k_init)
+        theta0_D, unravel = ravel_pytree(params0)
         # Optional per-run inputs (their presence is static): a starting point
         # (e.g. rewound weights) and a 0/1 pruning mask over the flat params.
         theta0_D = hp.get("theta_init", theta0_D)
@@ -203,35 +288,30 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             mask_D = mask_D.astype(theta0_D.dtype)
             theta0_D = theta0_D * mask_D
         if d_max > 0:
-            project = subspace.make_projection(scfg.projection, k_proj, theta0_D.size, d_max,
-                                               theta0_D=theta0_D)  # used by subspace_nn only
+            from subspace_jax.pruning import masks  # the package imports this module
+            basis_Dxd = None
+            if pretrain is not None:
+                if "theta_init" in hp:
+                    raise ValueError(f"projection {scfg.projection!r} makes its own theta0; "
+                                     "hp['theta_init'] cannot be combined with it")
+                theta0_D, basis_Dxd = pretrain(theta0_D, unravel, k_data, data)
+            project = subspace.make_projection(
+                scfg.projection, k_proj, theta0_D.size, d_max, theta0_D=theta0_D,
+                layer_sizes=masks.layout(params0).sizes, d_active=hp["d_active"],
+                basis_Dxd=basis_Dxd)  # each kind uses what it needs
             mask_d = subspace.column_mask(d_max, hp["d_active"])
             to_params = lambda omega_d: unravel(theta0_D + project(omega_d * mask_d))
             trainable = jnp.zeros(d_max, jnp.float32)
         else:
             to_params = unravel
             trainable = theta0_D
-        apply_flat = lambda w, x: model.apply(to_params(w), x)
-
-        def loss_fn(w, x, y):
-            logits = apply_flat(w, x)
-            return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
-
+        loss_fn = _loss_fn(lambda w, x: model.apply(to_params(w), x))
         opt = make_optimizer(tcfg, hp, epochs * steps_per_epoch, steps_per_epoch)
-
-        def train_step(state, idx):
-            w, opt_state = state
-            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                w, data.train_x[idx], data.train_y[idx])
-            updates, opt_state = opt.update(g, opt_state, w)
-            if mask_D is not None:  # pruned weights stay exactly zero
-                updates = updates * mask_D
-            return (optax.apply_updates(w, updates), opt_state), (loss, acc)
+        train_step = _train_step(loss_fn, opt, data, mask_D)
 
         def epoch_step(carry, epoch):
             w, opt_state, best_w, best_acc, best_epoch = carry
-            perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
-            idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
+            idx = epoch_batches(k_data, epoch, n_train, batch)
             (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
             params = to_params(w)
             val_loss, val_acc = evaluate(model.apply, params, sel_x, sel_y, chunk)
@@ -276,7 +356,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     # The same run in pieces (``vectorize.vmapped_chunks``): a carry checkpointed
     # between compiled chunks of epochs is what makes Ctrl-C and resume take
     # effect within a unit. Each piece re-derives theta0, P and the optimiser
-    # from the key (cheap beside an epoch; P is never stored).
+    # from the key (cheap beside an epoch; P is never stored), and so repeats
+    # a burn_in / trajectory kind's full-space pre-training once per piece.
     def start(key, hp, data: Data):
         return setup(key, hp, data)[0]
 

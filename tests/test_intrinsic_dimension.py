@@ -188,3 +188,46 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path):
     assert "diverged" in changed["no_estimate"]["individual"]
     assert "no estimate" in (tmp_path / "summary.md").read_text()
     assert {r["d"] for r in changed["curve"]} == {16, 64}
+
+
+def test_lr_rule_rows_and_choice_on_the_choosing_half():
+    from experiments import intrinsic_dimension as exp
+
+    cfg = exp.get_config()
+    cfg.subspace_lr_rule, cfg.subspace_lr_d0, cfg.subspace_lr_factors = "sqrt", 400, (0.5, 2.0)
+    tcfg = exp.train_config(cfg, True)
+    d_R, factor_R, lr_R = exp.learning_rates(cfg, tcfg, [100, 1600], True)
+    np.testing.assert_array_equal(d_R, [100, 100, 1600, 1600])
+    np.testing.assert_allclose(lr_R, [0.025, 0.1, 0.0125, 0.05], rtol=1e-6)  # 0.05 x rule x f
+    _, _, full_lr = exp.learning_rates(cfg, exp.train_config(cfg, False), [1000], False)
+    np.testing.assert_allclose(full_lr, [cfg.train.learning_rate])
+
+    # val_acc (the choosing half) prefers factor 0.5, decide_acc would prefer 2.0.
+    def rec(seed, f, val, decide, status="ok"):
+        return {"d": 100, "seed": seed, "lr_factor": f, "learning_rate": 0.05 * f,
+                "val_acc": val, "decide_acc": decide, "status": status}
+
+    records = [rec(s, 0.5, 0.8, 0.1) for s in range(3)] + [rec(s, 2.0, 0.7, 0.99)
+                                                          for s in range(3)]
+    chosen = exp.choose_learning_rates(records)
+    assert [r["lr_factor"] for r in chosen] == [0.5] * 3
+    # Fewer diverged runs first: a factor diverging on one seed is not kept for its lucky ones.
+    records[0]["status"] = "diverged"
+    assert {r["lr_factor"] for r in exp.choose_learning_rates(records)} == {2.0}
+    for field, value, match in (("subspace_lr_rule", "linear", "subspace_lr_rule"),
+                                ("subspace_lr_d0", 0, "subspace_lr_d0"),
+                                ("subspace_lr_factors", (1.0, -1.0), "subspace_lr_factors")):
+        bad = exp.get_config(quick=True)
+        bad[field] = value
+        with pytest.raises(ValueError, match=match):
+            exp.validate(bad)
+    bad = exp.get_config(quick=True)
+    bad.measure_on, bad.subspace_lr_factors = "train", (0.5, 1.0)
+    with pytest.raises(ValueError, match="measure_on='val'"):
+        exp.validate(bad)
+    for projection, match in (("trajectory", "give snapshots"),
+                              ("trajectory:snapshots=512", "snapshots >= 1024")):
+        bad = exp.get_config(quick=True)
+        bad.projection = projection
+        with pytest.raises(ValueError, match=match):
+            exp.validate(bad)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import available
@@ -47,6 +48,21 @@ def test_subspace_sweep_quick_end_to_end_and_resume(tmp_path):
     changed = json.loads((tmp_path / "summary.json").read_text())
     assert [r["d"] for r in changed["models"]["zoo_fc16"]["subspace"]] == [10, 50]
     assert changed["models"]["zoo_fc16"]["full"] == summary["models"]["zoo_fc16"]["full"]
+
+
+def test_subspace_sweep_lr_rule_rows():
+    from experiments import subspace_sweep as exp
+
+    cfg = exp.get_config(quick=True)
+    fixed = exp.subspace_hp(cfg, [10, 4000])
+    np.testing.assert_array_equal(fixed["d_active"], [10, 10, 4000, 4000])
+    np.testing.assert_allclose(fixed["learning_rate"], [0.03, 0.1, 0.03, 0.1], rtol=1e-6)
+    cfg.subspace_lr_rule, cfg.subspace_lr_d0 = "sqrt", 1000
+    np.testing.assert_allclose(exp.subspace_hp(cfg, [10, 4000])["learning_rate"],
+                               [0.03, 0.1, 0.015, 0.05], rtol=1e-6)  # sqrt(1000 / 4000) = 1/2
+    cfg.subspace_lr_rule = "cubic"
+    with pytest.raises(ValueError, match="subspace_lr_rule"):
+        exp.validate(cfg)
 
 
 def test_unknown_experiment_lists_valid_ones():

@@ -14,6 +14,7 @@ import pytest
 from jax import lax
 
 from subspace_jax import subspace, train, vectorize
+from subspace_jax.errors import ConfigError
 from subspace_jax.config import subspace_config, train_config
 from subspace_jax.models import mlp
 
@@ -22,7 +23,9 @@ D, d = 50, 12
 # optimisations (about halves it).
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 KINDS = ["dense", "orthonormal", "sparse", "sparse:nnz=3", "fastfood", "regenerated",
-         "regenerated:block=5", "subspace_nn", "subspace_nn:base=fastfood"]
+         "regenerated:block=5", "subspace_nn", "subspace_nn:base=fastfood", "per_layer",
+         "burn_in:steps=3,base=sparse,nnz=3"]
+SIZES = (30, 5, 12, 3)  # leaves of D = 50 for per_layer (d = 12: shares 7, 1, 3, 1)
 
 
 def normal(seed, *shape):
@@ -34,11 +37,13 @@ def theta0(D_=D):
 
 
 def project_fn(kind, key, D_=D, d_=d):
-    return subspace.make_projection(kind, key, D_, d_, theta0_D=theta0(D_))
+    return subspace.make_projection(kind, key, D_, d_, theta0_D=theta0(D_),
+                                    layer_sizes=SIZES if D_ == D else None)
 
 
 def matrix(kind, key, D_=D, d_=d):
-    return subspace.projection_matrix(kind, key, D_, d_, theta0_D=theta0(D_))
+    return subspace.projection_matrix(kind, key, D_, d_, theta0_D=theta0(D_),
+                                      layer_sizes=SIZES if D_ == D else None)
 
 
 def loss(theta_D):
@@ -146,7 +151,8 @@ def test_regenerated_custom_vjp_equals_autodiff_of_materialised():
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "fastfood", "regenerated:block=5", "subspace_nn"])
+@pytest.mark.parametrize("kind", ["sparse", "fastfood", "regenerated:block=5", "subspace_nn",
+                                  "per_layer"])
 def test_vmap_over_projection_seeds_equals_loop(kind):
     keys = jax.random.split(jax.random.key(12), 3)
     omega_3xd = normal(13, 3, d)
@@ -196,17 +202,27 @@ def test_kind_strings_and_errors():
         subspace.make_projection("subspace_nn", jax.random.key(0), D, d)
 
 
-def test_train_make_run_with_subspace_nn():
-    """``--config.projection=subspace_nn:...`` end to end through make_run and vmap."""
+def tiny_run_setup():
     model = mlp("tiny", (4,), n_in=784)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, 96).astype(np.int32)
     data = train.Data(x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:])
-    tcfg = train_config(epochs=1, batch_size=32, learning_rate=0.05, eval_chunk=16)
-    run = train.make_run(model, tcfg, subspace_config(8, "subspace_nn:base=regenerated"), 64)
     hp = {"learning_rate": np.full(2, 0.05, np.float32), "weight_decay": np.zeros(2, np.float32),
-          "d_active": np.asarray([1, 8], np.int32)}
+          "d_active": np.asarray([2, 8], np.int32)}
+    return model, data, hp
+
+
+def subspace_run(model, kind, d_max=8):
+    tcfg = train_config(epochs=1, batch_size=32, learning_rate=0.05, eval_chunk=16)
+    return train.make_run(model, tcfg, subspace_config(d_max, kind), 64)
+
+
+def test_train_make_run_with_subspace_nn():
+    """``--config.projection=subspace_nn:...`` end to end through make_run and vmap."""
+    model, data, hp = tiny_run_setup()
+    hp["d_active"] = np.asarray([1, 8], np.int32)
+    run = subspace_run(model, "subspace_nn:base=regenerated")
     out = vectorize.vmapped(run, vectorize.run_keys([0]), hp, data)
     omega_2xd = np.asarray(out.params)[0]
     assert np.isfinite(np.asarray(out.final["train_loss"])).all()
@@ -214,3 +230,165 @@ def test_train_make_run_with_subspace_nn():
     assert omega_2xd[0, 0] != 0.0
     np.testing.assert_array_equal(omega_2xd[0, 1:], 0.0)
     assert np.all(omega_2xd[1] != 0.0)
+
+
+# ---------------------------------------------------------------- per-layer bases
+def test_layer_shares_largest_remainder():
+    sizes = np.asarray([5, 100, 20, 3])
+    table = subspace.layer_shares(40, sizes)
+    for k, share in enumerate(table):
+        quota = k * sizes / sizes.sum()
+        assert share.sum() == k
+        assert np.all(np.floor(quota) <= share) and np.all(share <= np.ceil(quota))
+        # The +1's go to the largest remainders.
+        got_one = share > np.floor(quota)
+        if got_one.any() and (~got_one).any():
+            assert (quota - np.floor(quota))[got_one].min() >= (
+                quota - np.floor(quota))[~got_one].max()
+    np.testing.assert_array_equal(table[10], [0, 8, 2, 0])  # tiny leaves get 0 at small d
+    np.testing.assert_array_equal(subspace.layer_shares(12, SIZES)[12], [7, 1, 3, 1])
+
+
+def test_per_layer_with_d_active_equals_matrix_and_stays_in_its_leaves():
+    omega_d, d_act = normal(3, d), 7
+
+    @jit
+    def both(key, omega_d, d_active):
+        mask_d = subspace.column_mask(d, d_active)
+        project = subspace.make_projection("per_layer", key, D, d, layer_sizes=SIZES,
+                                           d_active=d_active)
+        return project(omega_d * mask_d), matrix("per_layer", key)
+
+    key = jax.random.key(15)
+    delta, P_full = both(key, omega_d, d_act)
+    P = np.asarray(subspace.projection_matrix("per_layer", key, D, d, layer_sizes=SIZES,
+                                              d_active=d_act))
+    np.testing.assert_allclose(delta, P @ omega_d, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(P[:, d_act:], 0.0)
+    bounds = np.cumsum((0,) + SIZES)
+    leaf_of_col = [np.unique(np.searchsorted(bounds, np.flatnonzero(c), side="right") - 1)
+                   for c in P[:, :d_act].T]
+    assert all(len(leaf) == 1 for leaf in leaf_of_col)  # each column in one leaf
+    counts = np.bincount([leaf[0] for leaf in leaf_of_col], minlength=len(SIZES))
+    np.testing.assert_array_equal(counts, subspace.layer_shares(d, SIZES)[d_act])
+    # The first leaf's columns are the same Gaussian block at every d_active.
+    k0 = counts[0]
+    np.testing.assert_allclose(P[:, :k0], np.asarray(P_full)[:, :k0], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- trajectory bases
+def test_trajectory_basis_spans_the_top_singular_vectors():
+    rng = np.random.default_rng(16)
+    # Singular values well apart, so the top-d subspace is well defined.
+    diffs_MxD = (normal(17, 16, D) * np.geomspace(10, 0.1, 16)[:, None]).astype(np.float32)
+    diffs_MxD = diffs_MxD @ np.linalg.qr(rng.normal(size=(D, D)))[0].astype(np.float32)
+    U = np.asarray(jit(lambda x: subspace.trajectory_basis(x, d))(diffs_MxD))
+    U_ref = np.linalg.svd(diffs_MxD.T.astype(np.float64), full_matrices=False)[0][:, :d]
+    np.testing.assert_allclose(U.T @ U, np.eye(d), atol=1e-5)
+    np.testing.assert_allclose(U @ U.T, U_ref @ U_ref.T, atol=1e-4)
+    # Ordered by singular value: each prefix spans the top directions too.
+    np.testing.assert_allclose(U[:, :3] @ U[:, :3].T, U_ref[:, :3] @ U_ref[:, :3].T, atol=1e-4)
+    project = subspace.make_projection("trajectory", None, D, 5, basis_Dxd=U)
+    np.testing.assert_allclose(project(np.ones(5, np.float32)), U[:, :5].sum(1), rtol=1e-5)
+    with pytest.raises(ValueError, match="basis_Dxd"):
+        subspace.make_projection("trajectory", None, D, d)
+
+
+# ---------------------------------------------------------------- burn-in and trajectory in runs
+def test_burn_in_zero_steps_is_the_plain_run_bit_for_bit():
+    model, data, hp = tiny_run_setup()
+    keys = vectorize.run_keys([0])
+    plain, zero = (vectorize.vmapped(subspace_run(model, kind), keys, hp, data)
+                   for kind in ("dense", "burn_in:steps=0"))
+    np.testing.assert_array_equal(np.asarray(plain.params), np.asarray(zero.params))
+    for k in plain.final:
+        np.testing.assert_array_equal(np.asarray(plain.final[k]), np.asarray(zero.final[k]))
+
+
+def test_burn_in_and_trajectory_start_from_the_full_space_run():
+    """burn_in's theta0 is the full-space run's theta after k steps; the
+    trajectory basis spans that run's displacement; both train, per seed."""
+    model, data, hp = tiny_run_setup()
+    full_cfg = train_config(epochs=2, batch_size=16, learning_rate=1e-3, eval_chunk=16,
+                            keep_best=False)  # 4 steps per epoch: 8 steps in all
+    full = train.make_run(model, full_cfg, subspace_config(0), 64)
+    keys = vectorize.run_keys([0, 1])
+    full_hp = {k: np.asarray(v)[None] for k, v in train.default_hp(full_cfg).items()}
+    full_out = vectorize.vmapped(full, keys, full_hp, data)
+    theta_full_2xD = np.asarray(full_out.params)[:, 0]
+    from jax.flatten_util import ravel_pytree
+    tcfg = train_config()
+    burn = train.make_pretrain(model, tcfg, "burn_in:steps=8,batch=16,lr=0.001", 64, 6)
+    traj = train.make_pretrain(model, tcfg, "trajectory:snapshots=4,every=2,batch=16", 64, 3)
+    assert train.make_pretrain(model, tcfg, "burn_in:steps=0", 64, 6) is None
+
+    data = train.Data(*map(jnp.asarray, data))
+
+    @jax.jit
+    def starts(key):
+        k_init, k_data, _ = train.key_parts(key)
+        theta_D, unravel = ravel_pytree(model.init(k_init))
+        return theta_D, burn(theta_D, unravel, k_data, data)[0], traj(theta_D, unravel,
+                                                                       k_data, data)
+
+    for s, key in enumerate(keys):
+        theta_D, burned_D, (traj0_D, U_Dx3) = map(jax.device_get, starts(key))
+        np.testing.assert_allclose(burned_D, theta_full_2xD[s], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(burned_D, theta_D)
+        np.testing.assert_array_equal(traj0_D, theta_D)  # trajectory: theta0 stays the init
+        np.testing.assert_allclose(U_Dx3.T @ U_Dx3, np.eye(3), atol=1e-5)
+        # 4 snapshots, 3 directions: the end point's displacement lies (almost) in them.
+        move = theta_full_2xD[s] - theta_D
+        resid = move - U_Dx3 @ (U_Dx3.T @ move)
+        assert np.linalg.norm(resid) < 0.3 * np.linalg.norm(move)
+    # A third row with lr 0 keeps omega = 0: it scores the run's own theta0.
+    hp = {"learning_rate": np.asarray([0.05, 0.05, 0.0], np.float32),
+          "weight_decay": np.zeros(3, np.float32), "d_active": np.asarray([2, 8, 8], np.int32)}
+    outs = {kind: vectorize.vmapped(subspace_run(model, kind), keys, hp, data)
+            for kind in ("burn_in:steps=8,batch=16", "trajectory:snapshots=8,every=1,batch=16")}
+    for kind, out in outs.items():
+        omega_2x3xd = np.asarray(out.params)
+        assert np.isfinite(np.asarray(out.final["train_loss"])).all(), kind
+        np.testing.assert_array_equal(omega_2x3xd[:, 0, 2:], 0.0)  # d_active = 2
+        assert np.all(omega_2x3xd[:, 1] != 0.0)
+        assert not np.allclose(omega_2x3xd[0], omega_2x3xd[1])  # the seeds differ
+        np.testing.assert_array_equal(omega_2x3xd[:, 2], 0.0)
+    # The burn_in run itself starts at the full-space run's 8-step params.
+    burned = outs["burn_in:steps=8,batch=16"].final["test_loss"]
+    np.testing.assert_allclose(np.asarray(burned)[:, 2],
+                               np.asarray(full_out.final["test_loss"])[:, 0], rtol=1e-5)
+
+
+def test_per_layer_in_make_run():
+    model, data, hp = tiny_run_setup()
+    out = vectorize.vmapped(subspace_run(model, "per_layer"), vectorize.run_keys([0, 1]), hp,
+                            data)
+    omega_2x2xd = np.asarray(out.params)
+    assert np.isfinite(np.asarray(out.final["train_loss"])).all()
+    np.testing.assert_array_equal(omega_2x2xd[:, 0, 2:], 0.0)  # d_active = 2
+    assert np.all(omega_2x2xd[:, 1] != 0.0)
+    assert not np.allclose(omega_2x2xd[0], omega_2x2xd[1])  # the seeds differ
+
+
+def test_new_kind_errors():
+    for spec, match in (("burn_in:steps=-1", "integer >= 0"), ("burn_in:base=trajectory",
+                                                                "random base kind"),
+                        ("trajectory:snapshots=4", "snapshots >= 8"), ("per_layer:nnz=2",
+                                                                        "no option"),
+                        ("trajectory:lr=0", "number > 0")):
+        with pytest.raises(ConfigError, match=match):
+            subspace.check_kind(spec, D, d=8)
+    with pytest.raises(ValueError, match="layer_sizes"):
+        subspace.make_projection("per_layer", jax.random.key(0), D, d, layer_sizes=(3, 4))
+    with pytest.raises(ConfigError, match="snapshots >= 8"):
+        subspace_run(mlp("tiny", (4,), n_in=784), "trajectory:snapshots=4")
+
+
+def test_learning_rate_rules():
+    d = np.asarray([10, 100, 400, 1600, 6400])
+    np.testing.assert_allclose(subspace.learning_rate("fixed", 0.05, d, 400), 0.05)
+    np.testing.assert_allclose(subspace.learning_rate("sqrt", 0.05, d, 400),
+                               [0.05, 0.05, 0.05, 0.025, 0.0125], rtol=1e-6)
+    for rule, d0 in (("linear", 400), ("sqrt", 0)):
+        with pytest.raises(ConfigError):
+            subspace.learning_rate(rule, 0.05, d, d0)
