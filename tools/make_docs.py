@@ -518,6 +518,54 @@ def pruning_compare(root: str) -> str:
 
 
 # ---------------------------------------------------------------- memorization
+MEMO_CURVE = "cpu/memorization_curve"        # labels_<fraction>/: intrinsic_dimension runs
+MEMO_FRACTIONS = ("0.0", "0.25", "0.5", "0.75", "1.0")
+MEMO_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=runs/memcurve/labels_F \\
+    --config.models='("fc_200_200",)' --config.data.random_label_fraction=F \\
+    --config.measure_on=train --config.data.train_size=1000 --config.data.val_size=1000 \\
+    --config.grid='(62,250,1000,4000,16000)' --config.projection=fastfood \\
+    --config.subspace_learning_rate=0.002 --config.train.epochs=100 \\
+    --config.bisection_rounds=1 --config.bisection_points=2      # F = 0.0 0.25 0.5 0.75 1.0"""
+
+
+def memorization_curve(root: str) -> list[str]:
+    """d_int90 on training accuracy against the share of random labels."""
+    rows, missing = [], []
+    for f in MEMO_FRACTIONS:
+        rel = f"{MEMO_CURVE}/labels_{f}/summary.json"
+        if not exists(root, rel):
+            missing.append(f)
+            continue
+        m = load(root, rel)["models"]["fc_200_200"]
+        est = m["d_int90"]["global"]
+        at = next((r for r in m["curve"] if r["d"] == est["d"]), None)
+        rows.append([f, d_text(est), num(est["d_interp"]) if est["d_interp"] else "-",
+                     pct(m["full"]["train_acc_mean"], m["full"]["train_acc_sd"]),
+                     "-" if at is None else pct(at["train_acc_mean"], at["train_acc_sd"]),
+                     "-" if at is None else pct(at["test_acc_mean"], at["test_acc_sd"]),
+                     est["seeds"], est["diverged_runs"]])
+    if not rows:
+        return []
+    out = ["## The memorisation curve: d_int90 as labels turn random", "",
+           "fc_200_200 (199,210 params) on 1,000 training images, a share of whose labels is "
+           "replaced by random ones; d_int90 = the smallest measured d whose mean training "
+           "accuracy (on those labels, the last of 100 epochs: nothing is chosen, so the protocol note above does not apply) reaches 90%, with the "
+           "interpolated crossing and its 90% bootstrap interval; 3 seeds. Fastfood "
+           "projection, subspace learning rate 0.002 at every d and share (the rate with which "
+           "random labels fit on the H100 runs). Test accuracy (true labels) at d_int90 is "
+           "reported, never used. Machine: the 2-core Intel Xeon CPU, jax 0.10.2, 2026-12-03, "
+           "about 10 min per share, shared with other jobs. "
+           f"Data: `docs/results/{MEMO_CURVE}/labels_<share>/summary.json`.", "",
+           "```bash", MEMO_COMMAND, "```", "",
+           *table(["random share", "d_int90 [90% CI]", "crossing", "full-space train acc %",
+                   "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
+                  rows, "lrrrrrrr"), ""]
+    if missing:
+        out += [f"Not measured (the run did not finish this session): shares "
+                f"{', '.join(missing)}.", ""]
+    return out
+
+
 def memorization(root: str) -> str:
     s = load(root, "memorization_summary.json")
     teachers = [[label, pct(rows[0]["train_acc_mean"], rows[0]["train_acc_sd"]),
@@ -533,7 +581,7 @@ def memorization(root: str) -> str:
             figure("memorization_training_curves.png", "training curves"),
             figure("memorization_distillation_noise.png", "distillation noise"), "",
             "The conclusion the experiment computed from these numbers (`conclusion`):", "",
-            f"> {s['conclusion']}", ""]
+            f"> {s['conclusion']}", "", *memorization_curve(root)]
     return page("memorization: compressing networks trained on real vs random labels",
                 "memorization", "python launch.py --experiment=memorization", body)
 
