@@ -21,6 +21,13 @@ measured after every epoch on two halves of the validation split:
   default 10,000 validation images (0.30 for all 10,000).
 
 The test set is scored once, at the end, on the kept parameters.
+
+Options (``OPTIONS``, all off unless set): training batches warped per run
+key (``augment``; validation, test and the final train score never are),
+label smoothing, distillation from cached teacher logits
+(``Data.teacher_logits``, see ``subspace_jax.teacher``), an EMA of the
+trained vector evaluated and kept in its place, and the ``onecycle``
+schedule.
 """
 
 from __future__ import annotations
@@ -34,11 +41,27 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from subspace_jax import subspace
+from subspace_jax import augment, subspace
+from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+# Optional training options, read with ``tcfg.get`` (absent = off, so configs
+# and unit ids written before them are unchanged). Static ones change the
+# program; the numbers may instead come in ``hp`` (vmappable), which wins.
+OPTIONS = dict(
+    augment=False,          # static: warp training batches (subspace_jax.augment)
+    elastic_sigma=0.0,      # static: > 0 adds an elastic field of that smoothing (pixels)
+    aug_shift=0.0, aug_rotate=0.0, aug_scale=0.0, aug_elastic=0.0,  # numbers (hp)
+    label_smoothing=0.0,    # number (hp); 0 and absent from hp: the plain loss
+    ema=False,              # static: keep/evaluate an EMA of the trained vector
+    ema_decay=0.999,        # number (hp): per-step decay; 0 = the raw params
+    distill_alpha=0.5,      # number (hp): weight of the teacher (Data.teacher_logits)
+    distill_temperature=4.0,  # number (hp)
+    onecycle_pct=0.3,       # static: fraction of steps rising to the peak (onecycle)
+)
+AUG_SALT = 2**31 - 1  # folded into the data key for the warps (epochs never reach it)
 
 
 class Data(NamedTuple):
@@ -49,6 +72,7 @@ class Data(NamedTuple):
     val_y: jax.Array
     test_x: jax.Array
     test_y: jax.Array
+    teacher_logits: Any = None  # optional N_train x K: distill from these (distill_alpha)
 
     @classmethod
     def from_dataset(cls, ds) -> "Data":
@@ -94,6 +118,12 @@ def make_optimizer(tcfg, hp, total_steps: int, steps_per_epoch: int):
         # which a learning rate vmapped over runs (a tracer) cannot answer.
         unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1))
         schedule = lambda step: lr * unit(step)
+    elif tcfg.schedule == "onecycle":
+        # Smith's one-cycle over all the run's steps: cosine up from lr / 25 to
+        # lr over ``onecycle_pct`` of them, then cosine down to lr / 25e4.
+        unit = optax.cosine_onecycle_schedule(max(total_steps, 2), 1.0,
+                                              float(option(tcfg, "onecycle_pct")))
+        schedule = lambda step: lr * unit(step)
     else:
         raise ValueError(f"Unknown train.schedule {tcfg.schedule!r}; valid: {', '.join(SCHEDULES)}.")
     wd = hp["weight_decay"]
@@ -105,6 +135,38 @@ def make_optimizer(tcfg, hp, total_steps: int, steps_per_epoch: int):
         return optax.chain(optax.add_decayed_weights(wd),
                            optax.sgd(schedule, momentum=tcfg.momentum or None))
     raise ValueError(f"Unknown train.optimizer {tcfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
+
+
+def option(tcfg, name: str):
+    """``tcfg.name`` if set, else its off value in ``OPTIONS``."""
+    return tcfg.get(name, OPTIONS[name]) if hasattr(tcfg, "get") else OPTIONS[name]
+
+
+def number(hp, tcfg, name: str):
+    """A vmappable number: ``hp[name]`` if given, else the config's (or off) value."""
+    return hp[name] if name in hp else jnp.float32(option(tcfg, name))
+
+
+def check_options(tcfg, prefix: str = "train") -> None:
+    """One-line ConfigErrors for the optional training options."""
+    def bad(name, valid):
+        raise ConfigError(f"config.{prefix}.{name}={option(tcfg, name)!r} must be {valid}.")
+    for name in augment.HP_FIELDS:
+        v = float(option(tcfg, name))
+        if not np.isfinite(v) or v < 0 or (name == "aug_scale" and v >= 1):
+            bad(name, "in [0, 1)" if name == "aug_scale" else "a finite number >= 0")
+    if not 0 <= float(option(tcfg, "elastic_sigma")) < 1e3:
+        bad("elastic_sigma", ">= 0 (pixels; 0 = no elastic field)")
+    if not 0 <= float(option(tcfg, "label_smoothing")) < 1:
+        bad("label_smoothing", "in [0, 1)")
+    if not 0 <= float(option(tcfg, "ema_decay")) < 1:
+        bad("ema_decay", "in [0, 1)")
+    if not 0 <= float(option(tcfg, "distill_alpha")) <= 1:
+        bad("distill_alpha", "in [0, 1]")
+    if not float(option(tcfg, "distill_temperature")) > 0:
+        bad("distill_temperature", "> 0")
+    if not 0 < float(option(tcfg, "onecycle_pct")) < 1:
+        bad("onecycle_pct", "in (0, 1)")
 
 
 def split_validation(n_val: int) -> int:
@@ -141,8 +203,22 @@ def validation_halves(x, y):
     return (x[c], y[c]), (x[d], y[d])
 
 
-def cross_entropy(logits_NxK, y_N):
-    return optax.softmax_cross_entropy_with_integer_labels(logits_NxK, y_N).mean()
+def cross_entropy(logits_NxK, y_N, smoothing=None):
+    """Mean CE; with ``smoothing`` eps the target is (1 - eps) one-hot + eps / K."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_NxK, y_N).mean()
+    if smoothing is None:
+        return ce
+    uniform = -jax.nn.log_softmax(logits_NxK).mean()  # CE against eps / K on every class
+    return (1 - smoothing) * ce + smoothing * uniform
+
+
+def distill_loss(logits_NxK, teacher_NxK, alpha, temperature):
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)), batch mean, times ``alpha``
+    (Hinton et al. 2015: T^2 keeps its gradient scale as T changes)."""
+    log_t = jax.nn.log_softmax(teacher_NxK / temperature)
+    log_s = jax.nn.log_softmax(logits_NxK / temperature)
+    kl = (jnp.exp(log_t) * (log_t - log_s)).sum(-1).mean()
+    return alpha * temperature ** 2 * kl
 
 
 def evaluate(apply, params, x, y, chunk: int):
@@ -171,7 +247,13 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     Args:
       model: the model (init/apply).
       tcfg: ``train`` config: optimizer, learning_rate, weight_decay, momentum,
-        schedule, warmup_epochs, batch_size, epochs, eval_chunk, keep_best.
+        schedule, warmup_epochs, batch_size, epochs, eval_chunk, keep_best; and
+        any of ``OPTIONS`` (absent = off): ``augment`` (warped training
+        batches, magnitudes ``aug_*``), ``label_smoothing``, ``ema`` (the
+        per-step EMA of the trained vector, ``ema_decay``, is what is evaluated
+        and kept), distillation (``distill_alpha``, ``distill_temperature``;
+        on when ``data.teacher_logits`` is given). Their numbers may come in
+        ``hp`` instead (vmappable).
       scfg: ``subspace`` config: ``d_max`` (0 = full-space training) and
         ``projection``. The active size comes from ``hp['d_active']``.
       n_train: training-set size (static: it fixes steps per epoch).
@@ -183,6 +265,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         raise ValueError(f"train.batch_size={batch} must be in [1, {n_train}] (training-set size).")
     if int(tcfg.epochs) < 1:
         raise ValueError(f"train.epochs={tcfg.epochs} must be >= 1.")
+    check_options(tcfg)
     steps_per_epoch = n_train // batch
     epochs = int(tcfg.epochs)
     d_max = int(scfg.d_max)
@@ -212,46 +295,76 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             to_params = unravel
             trainable = theta0_D
         apply_flat = lambda w, x: model.apply(to_params(w), x)
+        # Optional options (see OPTIONS); which are on is static, their numbers traced.
+        smoothing = (number(hp, tcfg, "label_smoothing")
+                     if "label_smoothing" in hp or option(tcfg, "label_smoothing") > 0 else None)
+        teacher = data.teacher_logits
+        alpha = number(hp, tcfg, "distill_alpha")
+        temperature = number(hp, tcfg, "distill_temperature")
+        use_ema = bool(option(tcfg, "ema"))
+        ema_decay = number(hp, tcfg, "ema_decay")
+        warp = bool(option(tcfg, "augment"))
+        aug_hp = {k: number(hp, tcfg, k) for k in augment.HP_FIELDS}
+        sigma = float(option(tcfg, "elastic_sigma"))
+        k_aug = jax.random.fold_in(k_data, AUG_SALT)
+        fill = data.train_x.min() if warp else None  # the background (MNIST: 0 normalised)
 
-        def loss_fn(w, x, y):
+        def loss_fn(w, x, y, t):
             logits = apply_flat(w, x)
-            return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
+            loss = cross_entropy(logits, y, smoothing)
+            if t is not None:
+                loss = (1 - alpha) * loss + distill_loss(logits, t, alpha, temperature)
+            return loss, (logits.argmax(-1) == y).mean()
 
         opt = make_optimizer(tcfg, hp, epochs * steps_per_epoch, steps_per_epoch)
 
-        def train_step(state, idx):
-            w, opt_state = state
+        def train_step(state, xs):
+            idx, k_step = xs
+            w, opt_state = state[:2]
+            x = data.train_x[idx]
+            if warp:
+                x = augment.augment(k_step, x, aug_hp, fill, sigma)
+            t = None if teacher is None else teacher[idx]
             (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                w, data.train_x[idx], data.train_y[idx])
+                w, x, data.train_y[idx], t)
             updates, opt_state = opt.update(g, opt_state, w)
             if mask_D is not None:  # pruned weights stay exactly zero
                 updates = updates * mask_D
-            return (optax.apply_updates(w, updates), opt_state), (loss, acc)
+            w = optax.apply_updates(w, updates)
+            if use_ema:  # decay 0: the EMA is the raw vector, bit for bit
+                return (w, opt_state, ema_decay * state[2] + (1 - ema_decay) * w), (loss, acc)
+            return (w, opt_state), (loss, acc)
 
         def epoch_step(carry, epoch):
-            w, opt_state, best_w, best_acc, best_epoch = carry
+            w, opt_state, best_w, best_acc, best_epoch = carry[:5]
             perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
             idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
-            (w, opt_state), (losses, accs) = lax.scan(train_step, (w, opt_state), idx)
-            params = to_params(w)
+            k_steps = (jax.random.split(jax.random.fold_in(k_aug, epoch), steps_per_epoch)
+                       if warp else None)
+            state = (w, opt_state, *carry[5:])
+            state, (losses, accs) = lax.scan(train_step, state, (idx, k_steps))
+            w, opt_state = state[:2]
+            kept = state[2] if use_ema else w  # the vector evaluated and kept
+            params = to_params(kept)
             val_loss, val_acc = evaluate(model.apply, params, sel_x, sel_y, chunk)
             decide_loss, decide_acc = evaluate(model.apply, params, dec_x, dec_y, chunk)
             if on_epoch is not None:
                 # val_acc ties the call to the epoch's end (epoch alone is known at its start).
                 jax.debug.callback(on_epoch, epoch, val_acc)
             better = val_acc > best_acc if tcfg.keep_best else True
-            best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), w, best_w)
+            best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), kept, best_w)
             best_acc = jnp.where(better, val_acc, best_acc)
             best_epoch = jnp.where(better, epoch, best_epoch)
             metrics = {"train_loss": losses.mean(), "train_acc": accs.mean(),
                        "val_loss": val_loss, "val_acc": val_acc,
                        "decide_loss": decide_loss, "decide_acc": decide_acc}
-            return (w, opt_state, best_w, best_acc, best_epoch), metrics
+            return (w, opt_state, best_w, best_acc, best_epoch, *state[2:]), metrics
 
-        init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1))
+        init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1),
+                      *((trainable,) if use_ema else ()))
 
         def finish(carry, history) -> Result:
-            w, _, best_w, best_acc, best_epoch = carry
+            w, _, best_w, best_acc, best_epoch = carry[:5]
             # theta is formed once per evaluation, not once per chunk (P @ omega is costly).
             best_params = to_params(best_w)
             test_loss, test_acc = evaluate(model.apply, best_params, data.test_x, data.test_y, chunk)

@@ -1,0 +1,120 @@
+"""train.make_run options: label smoothing, EMA, one-cycle, distillation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from subspace_jax import config as C
+from subspace_jax import models, train
+from subspace_jax.errors import ConfigError
+
+
+def _cfg(**kw):
+    return C.train_config(**{"epochs": 2, "batch_size": 32, "eval_chunk": 64, **kw})
+
+
+@pytest.fixture(scope="module")
+def dat(synthetic):
+    return train.Data.from_dataset(synthetic)
+
+
+LOGITS = np.float32([[2.0, 0.0, -1.0], [0.5, 0.5, 1.5]])
+LABELS = np.int32([0, 2])
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_smoothing_zero_is_the_plain_loss_bit_for_bit():
+    plain = train.cross_entropy(LOGITS, LABELS)
+    assert np.asarray(train.cross_entropy(LOGITS, LABELS, jnp.float32(0.0))) == np.asarray(plain)
+
+
+def test_smoothed_cross_entropy_closed_form():
+    eps = 0.2
+    target = np.full((2, 3), eps / 3)
+    target[np.arange(2), LABELS] += 1 - eps
+    want = -(target * _log_softmax(LOGITS.astype(np.float64))).sum(-1).mean()
+    got = float(train.cross_entropy(LOGITS, LABELS, jnp.float32(eps)))
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_distill_loss_closed_form_and_alpha_zero():
+    teacher = np.float32([[0.0, 1.0, 0.0], [3.0, -1.0, 0.5]])
+    T = 2.0
+    pt = np.exp(_log_softmax(teacher / T))
+    want = T ** 2 * (pt * (_log_softmax(teacher / T) - _log_softmax(LOGITS / T))).sum(-1).mean()
+    assert float(train.distill_loss(LOGITS, teacher, 1.0, T)) == pytest.approx(want, rel=1e-5)
+    assert float(train.distill_loss(LOGITS, LOGITS, 1.0, T)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _plain(synthetic, dat, seed):
+    """(compiled plain run, its hp, key, its result) of zoo_fc16 for ``seed``."""
+    model = models.get("zoo_fc16")
+    run = jax.jit(train.make_run(model, _cfg(), C.subspace_config(0), len(synthetic.train_y)))
+    hp, key = train.default_hp(_cfg()), jax.random.key(seed)
+    return run, hp, key, run(key, hp, dat)
+
+
+def test_distill_alpha_zero_trains_like_plain_ce(synthetic, dat):
+    run, hp, key, plain = _plain(synthetic, dat, 1)
+    teacher = jax.random.normal(jax.random.key(9), (len(synthetic.train_y), 10)) * 3
+    with_t = dat._replace(teacher_logits=teacher)
+    zero = run(key, {**hp, "distill_alpha": jnp.float32(0.0)}, with_t)
+    np.testing.assert_allclose(zero.params, plain.params, rtol=1e-6, atol=1e-7)
+    half = run(key, {**hp, "distill_alpha": jnp.float32(0.5)}, with_t)
+    assert np.abs(np.asarray(half.params) - np.asarray(plain.params)).max() > 1e-3
+
+
+def test_smoothing_in_a_run_zero_equals_off_and_positive_differs(synthetic, dat):
+    run, hp, key, plain = _plain(synthetic, dat, 2)
+    zero = run(key, {**hp, "label_smoothing": jnp.float32(0.0)}, dat)
+    np.testing.assert_array_equal(zero.params, plain.params)
+    smooth = run(key, {**hp, "label_smoothing": jnp.float32(0.1)}, dat)
+    assert float(smooth.history["train_loss"][0]) > float(plain.history["train_loss"][0])
+
+
+def test_ema_decay_zero_is_the_raw_params(synthetic, dat):
+    model = models.get("zoo_fc16")
+    n = len(synthetic.train_y)
+    hp = train.default_hp(_cfg())
+    key = jax.random.key(3)
+    raw = jax.jit(train.make_run(model, _cfg(), C.subspace_config(0), n))(key, hp, dat)
+    ema_run = jax.jit(train.make_run(model, _cfg(ema=True), C.subspace_config(0), n))
+    zero = ema_run(key, {**hp, "ema_decay": jnp.float32(0.0)}, dat)
+    np.testing.assert_array_equal(zero.params, raw.params)
+    np.testing.assert_array_equal(zero.history["val_acc"], raw.history["val_acc"])
+    # A real decay keeps a different (averaged) vector, trained along the same path.
+    avg = ema_run(key, {**hp, "ema_decay": jnp.float32(0.9)}, dat)
+    np.testing.assert_array_equal(avg.history["train_loss"], raw.history["train_loss"])
+    assert np.abs(np.asarray(avg.params) - np.asarray(raw.params)).max() > 1e-4
+
+
+def test_onecycle_values():
+    cfg = _cfg(schedule="onecycle", onecycle_pct=0.25, optimizer="sgd", momentum=0.0)
+    hp = {"learning_rate": jnp.float32(0.1), "weight_decay": jnp.float32(0.0)}
+    opt = train.make_optimizer(cfg, hp, total_steps=100, steps_per_epoch=10)
+    # SGD without momentum: the update of a unit gradient is -lr(step).
+    state = opt.init(jnp.zeros(1))
+    lrs = []
+    for _ in range(100):
+        u, state = opt.update(jnp.ones(1), state, jnp.zeros(1))
+        lrs.append(-float(u[0]))
+    lrs = np.asarray(lrs)
+    assert lrs[0] == pytest.approx(0.1 / 25, rel=1e-4)             # starts at peak / 25
+    assert lrs[25] == pytest.approx(0.1, rel=1e-4)                 # the peak at 25% of steps
+    assert lrs.argmax() == 25
+    assert lrs[-1] < 0.1 / 25 / 100 * 1.5                          # ends near peak / 25e4
+    half_up = 0.1 / 25 + (0.1 - 0.1 / 25) * 0.5                    # cosine: halfway at 12.5
+    assert 0.5 * (lrs[12] + lrs[13]) == pytest.approx(half_up, rel=0.05)
+
+
+def test_bad_option_values_are_config_errors():
+    model = models.get("zoo_fc16")
+    for field, value in (("label_smoothing", 1.0), ("ema_decay", 1.0), ("distill_alpha", 1.5),
+                         ("distill_temperature", 0.0), ("onecycle_pct", 0.0)):
+        with pytest.raises(ConfigError, match=field):
+            train.make_run(model, _cfg(**{field: value}), C.subspace_config(0), 512)
