@@ -60,6 +60,10 @@ OPTIONS = dict(
     distill_alpha=0.5,      # number (hp): weight of the teacher (Data.teacher_logits)
     distill_temperature=4.0,  # number (hp)
     onecycle_pct=0.3,       # static: fraction of steps rising to the peak (onecycle)
+    prune_to=0,             # gradual magnitude pruning to this many non-zero params
+                            # (biases and slopes counted; 0 = off); number (hp) too
+    gmp_start=0.1,          # static: pruning runs over epochs [start, end) as fractions
+    gmp_end=0.6,            #   of the run; the epochs after it fine-tune the final mask
 )
 AUG_SALT = 2**31 - 1  # folded into the data key for the warps (epochs never reach it)
 
@@ -167,6 +171,26 @@ def check_options(tcfg, prefix: str = "train") -> None:
         bad("distill_temperature", "> 0")
     if not 0 < float(option(tcfg, "onecycle_pct")) < 1:
         bad("onecycle_pct", "in (0, 1)")
+    prune_to = option(tcfg, "prune_to")
+    if isinstance(prune_to, bool) or int(prune_to) != prune_to or prune_to < 0:
+        bad("prune_to", "an integer >= 0 (0 = no pruning during training)")
+    if not 0 <= float(option(tcfg, "gmp_start")) < float(option(tcfg, "gmp_end")) <= 1:
+        bad("gmp_end", f"in (gmp_start={option(tcfg, 'gmp_start')}, 1] with gmp_start >= 0")
+
+
+def gmp_epochs(tcfg, epochs: int) -> tuple[int, int]:
+    """(first, end) epoch of gradual pruning: at least one epoch, within the run."""
+    first = min(int(round(float(option(tcfg, "gmp_start")) * epochs)), epochs - 1)
+    end = max(first + 1, min(epochs, int(round(float(option(tcfg, "gmp_end")) * epochs))))
+    return first, end
+
+
+def gmp_kept(step, n_prunable, target, first_step: int, end_step: int):
+    """Prunable weights kept after (0-based) step ``step``: Zhu & Gupta's cubic
+    schedule from all ``n_prunable`` to ``target`` over steps [first, end)."""
+    frac = jnp.clip((step + 1 - first_step) / max(end_step - first_step, 1), 0.0, 1.0)
+    kept = target + (n_prunable - target) * (1.0 - frac) ** 3
+    return jnp.round(kept).astype(jnp.int32)
 
 
 def split_validation(n_val: int) -> int:
@@ -269,6 +293,25 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
     steps_per_epoch = n_train // batch
     epochs = int(tcfg.epochs)
     d_max = int(scfg.d_max)
+
+    def gmp_layout():
+        """(layout, count of unprunable params) for pruning during training."""
+        from subspace_jax.pruning import masks  # (pruning imports train)
+        if d_max > 0:
+            raise ConfigError("config.train.prune_to: pruning during training needs "
+                              "full-space training (subspace.d_max=0).")
+        lay = masks.model_layout(model)
+        fixed = lay.D - lay.n_prunable  # biases, slopes: never pruned
+        prune_to, least = option(tcfg, "prune_to"), fixed + len(lay.prunable_leaves)
+        if 0 < prune_to < least:
+            raise ConfigError(f"config.train.prune_to={prune_to}: {model.name} has {fixed} "
+                              f"unprunable params (biases, slopes) and "
+                              f"{len(lay.prunable_leaves)} weight tensors (one weight kept "
+                              f"each); valid: >= {least}.")
+        return lay, fixed
+
+    if option(tcfg, "prune_to") > 0:
+        gmp_layout()  # bad counts fail here, before any tracing
     chunk = int(tcfg.eval_chunk)
 
     def setup(key, hp, data: Data):
@@ -308,6 +351,13 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         sigma = float(option(tcfg, "elastic_sigma"))
         k_aug = jax.random.fold_in(k_data, AUG_SALT)
         fill = data.train_x.min() if warp else None  # the background (MNIST: 0 normalised)
+        gmp = "prune_to" in hp or option(tcfg, "prune_to") > 0
+        if gmp:
+            lay, fixed = gmp_layout()
+            target = jnp.clip(number(hp, tcfg, "prune_to") - fixed, 1, lay.n_prunable)
+            g_first, g_end = gmp_epochs(tcfg, epochs)
+            alive0 = jnp.ones_like(theta0_D) if mask_D is None else mask_D
+        i_alive = 2 + use_ema  # position of the gmp mask in the step state
 
         def loss_fn(w, x, y, t):
             logits = apply_flat(w, x)
@@ -319,7 +369,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         opt = make_optimizer(tcfg, hp, epochs * steps_per_epoch, steps_per_epoch)
 
         def train_step(state, xs):
-            idx, k_step = xs
+            idx, k_step, step = xs
             w, opt_state = state[:2]
             x = data.train_x[idx]
             if warp:
@@ -331,9 +381,18 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             if mask_D is not None:  # pruned weights stay exactly zero
                 updates = updates * mask_D
             w = optax.apply_updates(w, updates)
+            out = [w, opt_state]
             if use_ema:  # decay 0: the EMA is the raw vector, bit for bit
-                return (w, opt_state, ema_decay * state[2] + (1 - ema_decay) * w), (loss, acc)
-            return (w, opt_state), (loss, acc)
+                out.append(ema_decay * state[2] + (1 - ema_decay) * w)
+            if gmp:  # the smallest alive weights go; the dead never come back
+                kept = gmp_kept(step, lay.n_prunable, target, g_first * steps_per_epoch,
+                                g_end * steps_per_epoch)
+                from subspace_jax.pruning import masks
+                alive = masks.select(jnp.abs(w), lay, kept / lay.n_prunable,
+                                     alive_D=state[i_alive])
+                out[0] = w * alive
+                out.append(alive)
+            return tuple(out), (loss, acc)
 
         def epoch_step(carry, epoch):
             w, opt_state, best_w, best_acc, best_epoch = carry[:5]
@@ -341,10 +400,13 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             idx = perm[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
             k_steps = (jax.random.split(jax.random.fold_in(k_aug, epoch), steps_per_epoch)
                        if warp else None)
+            steps = epoch * steps_per_epoch + jnp.arange(steps_per_epoch) if gmp else None
             state = (w, opt_state, *carry[5:])
-            state, (losses, accs) = lax.scan(train_step, state, (idx, k_steps))
+            state, (losses, accs) = lax.scan(train_step, state, (idx, k_steps, steps))
             w, opt_state = state[:2]
             kept = state[2] if use_ema else w  # the vector evaluated and kept
+            if gmp:
+                kept = kept * state[i_alive]  # an EMA of pruned weights is still exactly 0
             params = to_params(kept)
             val_loss, val_acc = evaluate(model.apply, params, sel_x, sel_y, chunk)
             decide_loss, decide_acc = evaluate(model.apply, params, dec_x, dec_y, chunk)
@@ -352,6 +414,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
                 # val_acc ties the call to the epoch's end (epoch alone is known at its start).
                 jax.debug.callback(on_epoch, epoch, val_acc)
             better = val_acc > best_acc if tcfg.keep_best else True
+            if gmp:  # only epochs at the target count are candidates
+                better = better & (epoch >= g_end - 1)
             best_w = jax.tree.map(lambda a, b: jnp.where(better, a, b), kept, best_w)
             best_acc = jnp.where(better, val_acc, best_acc)
             best_epoch = jnp.where(better, epoch, best_epoch)
@@ -361,7 +425,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             return (w, opt_state, best_w, best_acc, best_epoch, *state[2:]), metrics
 
         init_carry = (trainable, opt.init(trainable), trainable, jnp.float32(-1.0), jnp.int32(-1),
-                      *((trainable,) if use_ema else ()))
+                      *((trainable,) if use_ema else ()), *((alive0,) if gmp else ()))
 
         def finish(carry, history) -> Result:
             w, _, best_w, best_acc, best_epoch = carry[:5]

@@ -1,5 +1,7 @@
 """train.make_run options: label smoothing, EMA, one-cycle, distillation."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,67 @@ def test_bad_option_values_are_config_errors():
                          ("distill_temperature", 0.0), ("onecycle_pct", 0.0)):
         with pytest.raises(ConfigError, match=field):
             train.make_run(model, _cfg(**{field: value}), C.subspace_config(0), 512)
+
+
+def test_teacher_logits_cached_by_file_hash(tmp_path, monkeypatch):
+    from subspace_jax import export, teacher
+    from subspace_jax.errors import InputError
+    from subspace_jax.workdir import Workdir
+    model = models.get("golf_relu")
+    params = model.init(jax.random.key(0))
+    path = str(tmp_path / "t.npz")
+    export.export_model(path, model, params)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (5, 28, 28, 1)))
+    wd = Workdir(str(tmp_path / "wd"))
+    got = teacher.cached_logits(path, x, wd, num_classes=10)
+    np.testing.assert_allclose(got, model.apply(params, x), rtol=1e-5, atol=1e-5)
+    assert os.path.exists(wd.file(teacher.cache_name(path, x)))
+    monkeypatch.setattr(teacher, "logits", lambda *a: pytest.fail("cache not used"))
+    np.testing.assert_array_equal(teacher.cached_logits(path, x, wd), got)
+    # Another teacher file (other weights) gets another cache entry.
+    name = teacher.cache_name(path, x)
+    export.export_model(path, model, model.init(jax.random.key(2)))
+    assert teacher.cache_name(path, x) != name
+    monkeypatch.undo()
+    other = teacher.cached_logits(path, x, wd)
+    assert np.abs(other - got).max() > 1e-3
+    with pytest.raises(InputError, match="does not exist"):
+        teacher.cached_logits(str(tmp_path / "missing.npz"), x, wd)
+    with pytest.raises(InputError, match="classes"):
+        teacher.cached_logits(path, x, wd, num_classes=3)
+
+
+def test_gmp_schedule_values():
+    kept = lambda step: int(train.gmp_kept(step, 1000, 100, 10, 30))
+    assert kept(0) == kept(8) == 1000                    # before the first pruning step
+    assert kept(29) == kept(50) == 100                   # at and after the end: the target
+    assert kept(19) == round(100 + 900 * 0.5 ** 3)       # cubic: half-way, 1/8 of the excess
+    assert all(kept(t) >= kept(t + 1) for t in range(40))
+    assert train.gmp_epochs(_cfg(epochs=10, gmp_start=0.1, gmp_end=0.6), 10) == (1, 6)
+    assert train.gmp_epochs(_cfg(epochs=1, gmp_start=0.0, gmp_end=1.0), 1) == (0, 1)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_gmp_reaches_the_target_count_and_keeps_a_pruned_epoch(synthetic, dat, ema):
+    model = models.get("zoo_fc16")   # 12,730 params: 26 biases, 12,704 weights
+    cfg = _cfg(epochs=3, prune_to=300, gmp_start=0.0, gmp_end=0.67, ema=ema,
+               learning_rate=3e-3)
+    run = jax.jit(train.make_run(model, cfg, C.subspace_config(0), len(synthetic.train_y)))
+    res = run(jax.random.key(4), {**train.default_hp(cfg), "ema_decay": jnp.float32(0.5)}, dat)
+    theta = np.asarray(res.params)
+    assert np.count_nonzero(theta) == 300
+    assert int(res.final["best_epoch"]) >= 2               # chosen among epochs at the target
+    # The count can come in hp (vmappable) too.
+    fewer = run(jax.random.key(4), {**train.default_hp(cfg), "prune_to": jnp.float32(100),
+                                    "ema_decay": jnp.float32(0.5)}, dat)
+    assert np.count_nonzero(np.asarray(fewer.params)) == 100
+    assert float(res.final["val_acc"]) > 0.3
+
+
+def test_gmp_bad_values_are_config_errors():
+    model = models.get("zoo_fc16")
+    with pytest.raises(ConfigError, match="prune_to=20.*valid: >= 28"):
+        train.make_run(model, _cfg(prune_to=20), C.subspace_config(0), 512)
+    for kw in ({"prune_to": -1}, {"prune_to": 2.5}, {"gmp_start": 0.5, "gmp_end": 0.4}):
+        with pytest.raises(ConfigError):
+            train.make_run(model, _cfg(**kw), C.subspace_config(0), 512)
