@@ -23,7 +23,9 @@ model; its logits cached in ``WORKDIR/teachers/``; ``distill_alpha``,
 ``distill_temperature``), gradual magnitude pruning during training to
 ``space.prune_to`` non-zero params (over ``gmp_start``..``gmp_end`` of the
 epochs, then fine-tuning; the kept epoch is chosen, on the choosing half, among
-those at the target count). A range with low < high is searched (uniform);
+those at the target count), batch norm after every conv ``space.bn``
+(folded into the conv for every evaluation, the export and the budget, so the
+exported network is what was scored). A range with low < high is searched (uniform);
 low == high is a fixed value. E.g.
 ``--config.space.augment='(True,)' --config.space.ema='(True,)'
 --config.space.label_smoothing='(0.0, 0.1)' --config.space.schedules='("onecycle",)'``.
@@ -144,7 +146,7 @@ _PINNED = ("seed", "budget", "data", "train", "space", "teacher", "search.trials
 # at its off value is neither searched nor pinned, so studies recorded before
 # these options resume unchanged. Static choices (one compiled program each):
 STATIC_OPTIONS = {"augment": (False,), "elastic_sigma": (0.0,), "ema": (False,),
-                  "prune_to": (0,), "gmp_start": (0.1,), "gmp_end": (0.6,)}
+                  "prune_to": (0,), "gmp_start": (0.1,), "gmp_end": (0.6,), "bn": (False,)}
 # Numbers (vmapped per trial; (low, high), uniform; low == high: fixed) and
 # the switch that makes each one count: ``None`` = its own high > 0.
 RUN_OPTIONS = {"aug_shift": ((2.0, 2.0), "augment"), "aug_rotate": ((10.0, 10.0), "augment"),
@@ -193,6 +195,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
         prune_to=(0,),                 # e.g. (450,): gradual magnitude pruning to that many
         gmp_start=(0.1,),              #   non-zero params over these fractions of the
         gmp_end=(0.6,),                #   epochs, then fine-tuning (budget stays dense)
+        bn=(False,),                   # or (False, True): batch norm after every conv,
+                                       #   folded into it for evaluation, export and count
     ))
     # Distillation teacher: an exported .npz (export.export_model); '' = none.
     # Its training-image logits are computed once, cached in WORKDIR/teachers/.
@@ -393,7 +397,25 @@ def build_model(cfg, params: dict) -> models.Model:
     n = len(cfg.space.channels)
     return models.golf_cnn(tuple(params[f"c{i}"] for i in range(n)),
                            tuple(params[f"k{i}"] for i in range(n)), params["activation"],
-                           params["separable"], params["gap"], pools=tuple(cfg.space.pools))
+                           params["separable"], params["gap"], pools=tuple(cfg.space.pools),
+                           bn=bool(params.get("bn", False)))
+
+
+def exported_count(model: models.Model) -> int:
+    """Dense params of the network that is evaluated and exported (BN folded)."""
+    return models.arch_param_count(models.folded_arch(model.arch))
+
+
+def exported(model: models.Model, theta_D, train_x) -> tuple[models.Model, dict]:
+    """(Model, NumPy params) of the exported network of a kept flat vector: with
+    batch norm, folded on the statistics ``train.make_run`` evaluated with."""
+    params = unflatten(model, theta_D)
+    if not models.has_bn(model.arch):
+        return model, params
+    n = min(int(train.OPTIONS["bn_calib"]), len(train_x))
+    folded = models.fold_bn(model, params, jnp.asarray(train_x[:n]))
+    return (models.from_arch(models.folded_arch(model.arch), model.name),
+            jax.tree.map(np.asarray, folded))
 
 
 def check_budget(cfg, params: dict) -> tuple[str | None, int | None]:
@@ -402,7 +424,7 @@ def check_budget(cfg, params: dict) -> tuple[str | None, int | None]:
         model = build_model(cfg, params)
     except ValueError:
         return "invalid_shape", None
-    n = models.arch_param_count(model.arch)
+    n = exported_count(model)
     return ("over_budget" if n > cfg.budget else None), n
 
 
@@ -582,7 +604,7 @@ def run_batch(cfg, runs: _Runs, study, batch: int, data) -> tuple[dict, list[dic
     asked = batch_trials(cfg, study, batch)
     leader = asked[0][1]
     model = build_model(cfg, leader)
-    n_params = models.arch_param_count(model.arch)
+    n_params = exported_count(model)
     seeds = range(int(cfg.search.seeds_per_trial))
     rows = [{"trial": t.number, "seed": s, **run_numbers(cfg, p)} for t, p in asked
             for s in seeds]
@@ -730,7 +752,7 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     per_seed = []
     for i, s in enumerate(seeds):
         theta = np.asarray(out.params[i], np.float32)
-        dense, nonzero = theta.size, int(np.count_nonzero(theta))
+        dense, nonzero = export.count_params(exported(model, theta, data.train_x)[1])
         diverged = bool(out.final["diverged"][i])
         per_seed.append({"seed": s, "status": "diverged" if diverged else "ok",
                          **{k: out.final[k][i] for k in ("val_acc", "decide_acc", "test_acc",
@@ -744,15 +766,14 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     return wd.run_record("final")
 
 
-def export_seed0(cfg, wd: Workdir, final: dict) -> dict | None:
+def export_seed0(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
     """Writes golf.npz from seed 0's kept params; None if seed 0 diverged."""
     rec = next(r for r in final["records"] if r["seed"] == 0)
     if rec["status"] != "ok":
         if os.path.exists(wd.file("golf.npz")):  # never leave an earlier final's export
             os.remove(wd.file("golf.npz"))
         return None
-    model = build_model(cfg, final["params"])
-    params = unflatten(model, rec["theta"])
+    model, params = exported(build_model(cfg, final["params"]), rec["theta"], train_x)
     return export.export_model(wd.file("golf.npz"), model, params)
 
 
@@ -907,7 +928,7 @@ def run(cfg, workdir: str) -> dict:
         print("no trial completed: nothing to retrain", flush=True)
     else:
         final = final_runs(cfg, wd, runs, best, dat)
-        desc = export_seed0(cfg, wd, final)
+        desc = export_seed0(cfg, wd, final, dat.train_x)
     summary = summarise(cfg, history, final, desc)
     wd.write_json("summary.json", summary)
     text = markdown(summary)

@@ -26,8 +26,12 @@ Options (``OPTIONS``, all off unless set): training batches warped per run
 key (``augment``; validation, test and the final train score never are),
 label smoothing, distillation from cached teacher logits
 (``Data.teacher_logits``, see ``subspace_jax.teacher``), an EMA of the
-trained vector evaluated and kept in its place, and the ``onecycle``
-schedule.
+trained vector evaluated and kept in its place, the ``onecycle``
+schedule, and gradual magnitude pruning (``prune_to``). A model with batch
+norm (``models.cnn(bn=True)``) trains on batch statistics and is always
+evaluated folded (``models.fold_bn``, statistics of the first ``bn_calib``
+training images): every reported accuracy is that of the plain network that
+is exported.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from subspace_jax import augment, subspace
+from subspace_jax import augment, models, subspace
 from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
@@ -64,6 +68,8 @@ OPTIONS = dict(
                             # (biases and slopes counted; 0 = off); number (hp) too
     gmp_start=0.1,          # static: pruning runs over epochs [start, end) as fractions
     gmp_end=0.6,            #   of the run; the epochs after it fine-tune the final mask
+    bn_calib=1000,          # static: batch-norm models are evaluated folded, with the
+                            #   statistics of the first bn_calib training images
 )
 AUG_SALT = 2**31 - 1  # folded into the data key for the warps (epochs never reach it)
 
@@ -174,6 +180,9 @@ def check_options(tcfg, prefix: str = "train") -> None:
     prune_to = option(tcfg, "prune_to")
     if isinstance(prune_to, bool) or int(prune_to) != prune_to or prune_to < 0:
         bad("prune_to", "an integer >= 0 (0 = no pruning during training)")
+    calib = option(tcfg, "bn_calib")
+    if isinstance(calib, bool) or int(calib) != calib or calib < 2:
+        bad("bn_calib", "an integer >= 2 (training images giving batch-norm statistics)")
     if not 0 <= float(option(tcfg, "gmp_start")) < float(option(tcfg, "gmp_end")) <= 1:
         bad("gmp_end", f"in (gmp_start={option(tcfg, 'gmp_start')}, 1] with gmp_start >= 0")
 
@@ -301,7 +310,10 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             raise ConfigError("config.train.prune_to: pruning during training needs "
                               "full-space training (subspace.d_max=0).")
         lay = masks.model_layout(model)
-        fixed = lay.D - lay.n_prunable  # biases, slopes: never pruned
+        # Biases and slopes are never pruned; BN's gamma and beta fold away, so the
+        # count is that of the network evaluated and exported.
+        fixed = sum(size for name, size, p in zip(lay.names, lay.sizes, lay.prunable)
+                    if not p and name.rsplit("/", 1)[-1] not in ("gamma", "beta"))
         prune_to, least = option(tcfg, "prune_to"), fixed + len(lay.prunable_leaves)
         if 0 < prune_to < least:
             raise ConfigError(f"config.train.prune_to={prune_to}: {model.name} has {fixed} "
@@ -312,6 +324,15 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
 
     if option(tcfg, "prune_to") > 0:
         gmp_layout()  # bad counts fail here, before any tracing
+    bn = models.has_bn(model.arch)
+    plain = models.from_arch(models.folded_arch(model.arch), model.name) if bn else model
+    n_calib = min(int(option(tcfg, "bn_calib")), n_train)
+
+    def eval_view(params, data: Data):
+        """(apply, params) of the network evaluated: batch norm folded away."""
+        if not bn:
+            return model.apply, params
+        return plain.apply, models.fold_bn(model, params, data.train_x[:n_calib])
     chunk = int(tcfg.eval_chunk)
 
     def setup(key, hp, data: Data):
@@ -407,9 +428,9 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             kept = state[2] if use_ema else w  # the vector evaluated and kept
             if gmp:
                 kept = kept * state[i_alive]  # an EMA of pruned weights is still exactly 0
-            params = to_params(kept)
-            val_loss, val_acc = evaluate(model.apply, params, sel_x, sel_y, chunk)
-            decide_loss, decide_acc = evaluate(model.apply, params, dec_x, dec_y, chunk)
+            apply, params = eval_view(to_params(kept), data)
+            val_loss, val_acc = evaluate(apply, params, sel_x, sel_y, chunk)
+            decide_loss, decide_acc = evaluate(apply, params, dec_x, dec_y, chunk)
             if on_epoch is not None:
                 # val_acc ties the call to the epoch's end (epoch alone is known at its start).
                 jax.debug.callback(on_epoch, epoch, val_acc)
@@ -430,10 +451,9 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         def finish(carry, history) -> Result:
             w, _, best_w, best_acc, best_epoch = carry[:5]
             # theta is formed once per evaluation, not once per chunk (P @ omega is costly).
-            best_params = to_params(best_w)
-            test_loss, test_acc = evaluate(model.apply, best_params, data.test_x, data.test_y, chunk)
-            train_loss, train_acc = evaluate(model.apply, best_params, data.train_x, data.train_y,
-                                             chunk)
+            apply, best_params = eval_view(to_params(best_w), data)
+            test_loss, test_acc = evaluate(apply, best_params, data.test_x, data.test_y, chunk)
+            train_loss, train_acc = evaluate(apply, best_params, data.train_x, data.train_y, chunk)
             diverged = ~(jnp.all(jnp.isfinite(history["train_loss"])) & jnp.all(jnp.isfinite(w)))
             final = {"best_epoch": best_epoch + 1, "val_acc": history["val_acc"][best_epoch],
                      "val_loss": history["val_loss"][best_epoch],

@@ -377,6 +377,7 @@ def test_training_options_are_off_by_default_and_searchable(tmp_path):
     cfg.space.prune_to = (60,)
     cfg.space.gmp_start = (0.0,)
     cfg.space.gmp_end = (1.0,)
+    cfg.space.bn = (True,)
     dists = golf.distributions(cfg)
     assert {"augment", "elastic_sigma", "ema", "aug_rotate", "label_smoothing",
             "distill_alpha"} <= set(dists) and "aug_shift" not in dists  # fixed: not searched
@@ -387,5 +388,7 @@ def test_training_options_are_off_by_default_and_searchable(tmp_path):
     assert 0 <= summary["final"]["recipe"]["label_smoothing"] <= 0.1
     assert len(os.listdir(tmp_path / "wd" / "teachers")) == 1
     assert summary["final"]["nonzero_params_mean"] == 60          # pruned during training
+    assert summary["final"]["dense_params"] == golf.exported_count(golf.build_model(
+        cfg, summary["final"]["recipe"]))                        # BN folded away
     desc = export.load(str(tmp_path / "wd" / "golf.npz"))[0]
     assert desc["nonzero_params"] == 60
