@@ -20,7 +20,7 @@ ranges; elastic with ``elastic_sigma=(4.0,)``), ``space.label_smoothing``,
 ``space.ema=(True,)`` (the weight EMA is what is evaluated and kept,
 ``ema_decay``), distillation from ``--config.teacher=PATH.npz`` (an exported
 model; its logits cached in ``WORKDIR/teachers/``; ``distill_alpha``,
-``distill_temperature``), gradual magnitude pruning during training to
+``distill_temperature``; comma-separated files: an ensemble), gradual magnitude pruning during training to
 ``space.prune_to`` non-zero params (over ``gmp_start``..``gmp_end`` of the
 epochs, then fine-tuning; the kept epoch is chosen, on the choosing half, among
 those at the target count), batch norm after every conv ``space.bn``
@@ -198,8 +198,10 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
         bn=(False,),                   # or (False, True): batch norm after every conv,
                                        #   folded into it for evaluation, export and count
     ))
-    # Distillation teacher: an exported .npz (export.export_model); '' = none.
-    # Its training-image logits are computed once, cached in WORKDIR/teachers/.
+    # Distillation teacher: an exported .npz (export.export_model, e.g. the zoo
+    # experiment's WORKDIR/zoo_cnn_small.npz), or several comma-separated (an
+    # ensemble: their mean logits); '' = none. Each one's training-image logits
+    # are computed once and cached in WORKDIR/teachers/.
     cfg.teacher = ""
     cfg.search = ml_collections.ConfigDict(dict(
         batches=10,              # trained batches (rejected architectures do not count)
@@ -308,9 +310,21 @@ def _validate_options(cfg) -> None:
         _range(f"space.{name}", s[name], 0)
         for v in s[name]:   # the bounds train.make_run holds each number to
             train.check_options({name: v}, "space")
-    if cfg.teacher and not os.path.isfile(cfg.teacher):
-        raise ConfigError(f"config.teacher={cfg.teacher!r} is not a file; valid: '' (no "
-                          "distillation) or an exported .npz model (export.export_model).")
+    for path in teacher_files(cfg):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config.teacher={cfg.teacher!r}: {path!r} is not a file; valid: "
+                              "'' (no distillation) or exported .npz models "
+                              "(export.export_model), comma-separated for an ensemble.")
+
+
+def teacher_files(cfg) -> list[str]:
+    return [p.strip() for p in cfg.teacher.split(",") if p.strip()]
+
+
+def teacher_logits(cfg, wd: Workdir, ds) -> np.ndarray:
+    """The mean logits of the teacher files over the training images (each cached)."""
+    return np.mean([teacher.cached_logits(p, ds.train_x, wd, ds.num_classes)
+                    for p in teacher_files(cfg)], axis=0)
 
 
 def switches(cfg) -> dict[str, bool]:
@@ -318,7 +332,7 @@ def switches(cfg) -> dict[str, bool]:
     s = cfg.space
     return {"augment": True in s.augment,
             "elastic": True in s.augment and any(float(v) > 0 for v in s.elastic_sigma),
-            "ema": True in s.ema, "teacher": bool(cfg.teacher)}
+            "ema": True in s.ema, "teacher": bool(teacher_files(cfg))}
 
 
 def active_run_options(cfg) -> dict[str, tuple[float, float]]:
@@ -654,8 +668,8 @@ def _pinned(cfg) -> dict:
     off = {**STATIC_OPTIONS, **{k: v[0] for k, v in RUN_OPTIONS.items()}}
     pinned["space"] = {k: v for k, v in pinned["space"].items()
                        if k not in off or tuple(v) != tuple(off[k])}
-    if cfg.teacher:
-        pinned["teacher"] = teacher.file_hash(cfg.teacher)
+    if teacher_files(cfg):
+        pinned["teacher"] = [teacher.file_hash(p) for p in teacher_files(cfg)]
     else:
         del pinned["teacher"]
     return pinned
@@ -913,9 +927,8 @@ def run(cfg, workdir: str) -> dict:
     if too_big:
         raise ValueError(f"config.space.batch_sizes={tuple(cfg.space.batch_sizes)}: {too_big} "
                          f"exceed the {n_train} training images.")
-    if cfg.teacher:  # computed once per teacher file and training set, then cached
-        dat = dat._replace(teacher_logits=jnp.asarray(
-            teacher.cached_logits(cfg.teacher, ds.train_x, wd, ds.num_classes)))
+    if teacher_files(cfg):  # computed once per teacher file and training set, then cached
+        dat = dat._replace(teacher_logits=jnp.asarray(teacher_logits(cfg, wd, ds)))
     runs = _Runs(cfg, n_train)
     # The search never sees the test split: a zero stand-in of the same shape
     # (so the final runs can reuse a compiled program) takes its place.

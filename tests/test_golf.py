@@ -364,9 +364,10 @@ def test_training_options_are_off_by_default_and_searchable(tmp_path):
     assert not set(pinned_space) & (set(golf.STATIC_OPTIONS) | set(golf.RUN_OPTIONS))
     assert "teacher" not in golf._pinned(default)
     cfg = _quick_cfg()
-    teacher_path = str(tmp_path / "teacher.npz")
-    export.export_model(teacher_path, "golf_relu", _random_params(models.get("golf_relu")))
-    cfg.teacher = teacher_path
+    teachers = [str(tmp_path / f"teacher{i}.npz") for i in range(2)]   # an ensemble
+    for i, path in enumerate(teachers):
+        export.export_model(path, "golf_relu", _random_params(models.get("golf_relu"), seed=i))
+    cfg.teacher = ",".join(teachers)
     cfg.space.augment = (True,)
     cfg.space.aug_rotate = (5.0, 15.0)
     cfg.space.elastic_sigma = (4.0,)
@@ -386,7 +387,7 @@ def test_training_options_are_off_by_default_and_searchable(tmp_path):
     assert summary["final"] is not None and summary["final"]["seeds"] == 2
     assert summary["final"]["recipe"]["ema"] is True
     assert 0 <= summary["final"]["recipe"]["label_smoothing"] <= 0.1
-    assert len(os.listdir(tmp_path / "wd" / "teachers")) == 1
+    assert len(os.listdir(tmp_path / "wd" / "teachers")) == 2
     assert summary["final"]["nonzero_params_mean"] == 60          # pruned during training
     assert summary["final"]["dense_params"] == golf.exported_count(golf.build_model(
         cfg, summary["final"]["recipe"]))                        # BN folded away
