@@ -3,6 +3,7 @@
     python launch.py --experiment=golf                  # default search, budget 1,000 params
     python launch.py --experiment=golf --config.budget=700 --workdir=runs/golf_700
     python launch.py --experiment=golf --quick          # smoke form: seconds of training
+    python launch.py --experiment=golf --config.space.augment='(False, True)' --config.space.ema='(True,)' --config.space.schedules='("onecycle",)' --config.space.epochs='(50,)'
 
 Model family: ``models.golf_cnn``: three VALID convs (2x2 max-pool after the
 first two), optionally depthwise-separable after the first conv and global
@@ -26,9 +27,9 @@ epochs, then fine-tuning; the kept epoch is chosen, on the choosing half, among
 those at the target count), batch norm after every conv ``space.bn``
 (folded into the conv for every evaluation, the export and the budget, so the
 exported network is what was scored). A range with low < high is searched (uniform);
-low == high is a fixed value. E.g.
-``--config.space.augment='(True,)' --config.space.ema='(True,)'
---config.space.label_smoothing='(0.0, 0.1)' --config.space.schedules='("onecycle",)'``.
+low == high is a fixed value (the second command above searches augmentation
+on/off with an EMA and a 50-epoch one-cycle schedule; not run here: 50 epochs
+per trial is hours on this CPU).
 
 Search. A *batch* is one compiled program: a leader trial is asked for every
 parameter; an architecture over ``budget`` dense parameters (biases and PReLU
