@@ -184,3 +184,23 @@ def test_gmp_bad_values_are_config_errors():
     for kw in ({"prune_to": -1}, {"prune_to": 2.5}, {"gmp_start": 0.5, "gmp_end": 0.4}):
         with pytest.raises(ConfigError):
             train.make_run(model, _cfg(**kw), C.subspace_config(0), 512)
+
+
+def test_option_numbers_vmapped_equal_looped(synthetic, dat):
+    """Option numbers as rows of hp (warp magnitudes, smoothing, EMA decay, prune count)."""
+    from subspace_jax import vectorize
+    cfg = _cfg(epochs=2, augment=True, ema=True, prune_to=500, gmp_start=0.0, gmp_end=0.5)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0),
+                         len(synthetic.train_y))
+    base = {k: np.repeat(np.asarray(v)[None], 2, 0) for k, v in train.default_hp(cfg).items()}
+    hp = {**base, "aug_shift": np.float32([0.0, 2.0]), "aug_rotate": np.float32([0.0, 10.0]),
+          "aug_scale": np.float32([0.0, 0.1]), "aug_elastic": np.float32([0.0, 0.0]),
+          "label_smoothing": np.float32([0.0, 0.1]), "ema_decay": np.float32([0.0, 0.9]),
+          "prune_to": np.float32([500, 300])}
+    keys = vectorize.run_keys([0])
+    v = jax.device_get(vectorize.vmapped(run, keys, hp, dat))
+    l = jax.device_get(vectorize.looped(run, keys, hp, dat))
+    np.testing.assert_allclose(v.history["train_loss"], l.history["train_loss"], rtol=1e-4,
+                               atol=1e-5)
+    assert [np.count_nonzero(p) for p in np.asarray(v.params).reshape(2, -1)] == [500, 300]
+    assert not np.allclose(v.history["train_loss"][..., 0, :], v.history["train_loss"][..., 1, :])
