@@ -333,6 +333,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         if not bn:
             return model.apply, params
         return plain.apply, models.fold_bn(model, params, data.train_x[:n_calib])
+
     chunk = int(tcfg.eval_chunk)
 
     def setup(key, hp, data: Data):
@@ -359,7 +360,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
             to_params = unravel
             trainable = theta0_D
         apply_flat = lambda w, x: model.apply(to_params(w), x)
-        # Optional options (see OPTIONS); which are on is static, their numbers traced.
+        # Training options (OPTIONS): which are on is static, their numbers traced.
         smoothing = (number(hp, tcfg, "label_smoothing")
                      if "label_smoothing" in hp or option(tcfg, "label_smoothing") > 0 else None)
         teacher = data.teacher_logits
@@ -371,7 +372,7 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         aug_hp = {k: number(hp, tcfg, k) for k in augment.HP_FIELDS}
         sigma = float(option(tcfg, "elastic_sigma"))
         k_aug = jax.random.fold_in(k_data, AUG_SALT)
-        fill = data.train_x.min() if warp else None  # the background (MNIST: 0 normalised)
+        fill = data.train_x.min() if warp else None  # the background: pixel 0, normalised
         gmp = "prune_to" in hp or option(tcfg, "prune_to") > 0
         if gmp:
             lay, fixed = gmp_layout()
