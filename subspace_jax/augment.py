@@ -112,14 +112,3 @@ def augment(key, x_NHWC, hp, fill, elastic_sigma: float = 0.0):
     """``x`` with one random warp per image (magnitudes from ``hp``)."""
     A, disp = draw(key, x_NHWC.shape[0], x_NHWC.shape[1:3], hp, elastic_sigma)
     return warp(x_NHWC, A, fill, disp)
-
-
-def check(hp, field_prefix: str = "config.") -> None:
-    """Magnitudes must be finite and >= 0; scale < 1 (a factor stays positive)."""
-    from subspace_jax.errors import ConfigError
-    for k in HP_FIELDS:
-        if k in hp:
-            v = float(hp[k])
-            if not math.isfinite(v) or v < 0 or (k == "aug_scale" and v >= 1):
-                bound = "[0, 1)" if k == "aug_scale" else ">= 0"
-                raise ConfigError(f"{field_prefix}{k}={v} must be {bound}.")

@@ -204,3 +204,23 @@ def test_option_numbers_vmapped_equal_looped(synthetic, dat):
                                atol=1e-5)
     assert [np.count_nonzero(p) for p in np.asarray(v.params).reshape(2, -1)] == [500, 300]
     assert not np.allclose(v.history["train_loss"][..., 0, :], v.history["train_loss"][..., 1, :])
+
+
+def test_stages_with_options_equal_one_run(synthetic, dat):
+    """The carry of a run in chunks (checkpointing) holds the EMA and the pruning mask."""
+    cfg = _cfg(epochs=2, augment=True, ema=True, prune_to=400, gmp_start=0.0, gmp_end=0.5)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0),
+                         len(synthetic.train_y))
+    hp = {**train.default_hp(cfg), "aug_shift": jnp.float32(2.0), "ema_decay": jnp.float32(0.8)}
+    key = jax.random.key(5)
+    whole = jax.jit(run)(key, hp, dat)
+    st = run.stages
+    carry = jax.jit(st.start)(key, hp, dat)
+    advance = jax.jit(st.advance, static_argnums=5)
+    carry, h1 = advance(carry, key, hp, dat, jnp.int32(0), 1)
+    carry, h2 = advance(carry, key, hp, dat, jnp.int32(1), 1)
+    history = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), h1, h2)
+    parts = jax.jit(st.finish)(carry, history, key, hp, dat)
+    np.testing.assert_allclose(parts.params, whole.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts.history["val_acc"], whole.history["val_acc"], atol=1e-6)
+    assert np.count_nonzero(np.asarray(parts.params)) == 400
