@@ -72,8 +72,8 @@ def test_counts_and_export_are_the_folded_network(tmp_path):
 
 
 def test_training_evaluates_the_folded_network(synthetic):
-    model = _model()
-    cfg = C.train_config(epochs=2, batch_size=32, eval_chunk=64, learning_rate=1e-2,
+    model = models.golf_cnn((2, 3, 4), (5, 3, 3), "relu", bn=True, gap=True)
+    cfg = C.train_config(epochs=1, batch_size=32, eval_chunk=128, learning_rate=3e-2,
                          bn_calib=200)
     dat = train.Data.from_dataset(synthetic)
     res = jax.jit(train.make_run(model, cfg, C.subspace_config(0), len(synthetic.train_y)))(
@@ -84,4 +84,4 @@ def test_training_evaluates_the_folded_network(synthetic):
     logits = np.asarray(plain.apply(folded, dat.test_x))
     acc = float((logits.argmax(-1) == synthetic.test_y).mean())
     assert float(res.final["test_acc"]) == pytest.approx(acc, abs=1e-6)
-    assert float(res.final["val_acc"]) > 0.3 and not bool(res.final["diverged"])
+    assert float(res.final["val_acc"]) > 0.2 and not bool(res.final["diverged"])  # chance: 0.1
