@@ -3,6 +3,7 @@
     python launch.py --experiment=golf                  # default search, budget 1,000 params
     python launch.py --experiment=golf --config.budget=700 --workdir=runs/golf_700
     python launch.py --experiment=golf --quick          # smoke form: seconds of training
+    python launch.py --experiment=golf --config.space.augment='(False, True)' --config.space.ema='(True,)' --config.space.schedules='("onecycle",)' --config.space.epochs='(50,)'
 
 Model family: ``models.golf_cnn``: three VALID convs (2x2 max-pool after the
 first two), optionally depthwise-separable after the first conv and global
@@ -10,8 +11,25 @@ average pooling before the linear layer, ReLU or per-channel PReLU. The
 search (Optuna's ask/tell API) chooses the channels and kernel of each conv,
 the activation, ``separable``, ``gap``, batch size, epochs, learning-rate
 schedule, learning rate and weight decay (Adam; ``config.space``). The
-``warmup_cosine`` schedule is not offered by default (8-epoch runs; add it to
-``space.schedules`` to search it).
+``warmup_cosine`` and ``onecycle`` schedules are not offered by default (8-epoch
+runs; add them to ``space.schedules`` to search them; long runs: ``space.epochs``).
+
+Training options (``train.OPTIONS``), each a search choice, all off by default
+(off: neither searched nor pinned, so older studies resume): warped training
+batches ``space.augment=(False,True)`` (shift, rotation, scale: ``aug_*``
+ranges; elastic with ``elastic_sigma=(4.0,)``), ``space.label_smoothing``,
+``space.ema=(True,)`` (the weight EMA is what is evaluated and kept,
+``ema_decay``), distillation from ``--config.teacher=PATH.npz`` (an exported
+model; its logits cached in ``WORKDIR/teachers/``; ``distill_alpha``,
+``distill_temperature``; comma-separated files: an ensemble), gradual magnitude pruning during training to
+``space.prune_to`` non-zero params (over ``gmp_start``..``gmp_end`` of the
+epochs, then fine-tuning; the kept epoch is chosen, on the choosing half, among
+those at the target count), batch norm after every conv ``space.bn``
+(folded into the conv for every evaluation, the export and the budget, so the
+exported network is what was scored). A range with low < high is searched (uniform);
+low == high is a fixed value (the second command above searches augmentation
+on/off with an EMA and a 50-epoch one-cycle schedule; not run here: 50 epochs
+per trial is hours on this CPU).
 
 Search. A *batch* is one compiled program: a leader trial is asked for every
 parameter; an architecture over ``budget`` dense parameters (biases and PReLU
@@ -109,7 +127,7 @@ from optuna import distributions as D
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import export, models, plots, sweep, train, vectorize
+from subspace_jax import export, models, plots, sweep, teacher, train, vectorize
 from subspace_jax.workdir import EpochTicker, Progress, Workdir, to_jsonable
 from subspace_jax.errors import ConfigError
 
@@ -121,10 +139,22 @@ PUBLISHED = (
 )
 ACTIVATIONS = ("relu", "prelu")
 # Schedules a trial may use (train.make_optimizer takes each with a vmapped lr).
-VMAPPABLE_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+VMAPPABLE_SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 # Search settings a resumed search must share with the recorded one.
-_PINNED = ("seed", "budget", "data", "train", "space", "search.trials_per_batch",
+_PINNED = ("seed", "budget", "data", "train", "space", "teacher", "search.trials_per_batch",
            "search.seeds_per_trial", "search.random_batches", "search.max_rejections")
+# Training options of train.OPTIONS as search choices, off by default. A field
+# at its off value is neither searched nor pinned, so studies recorded before
+# these options resume unchanged. Static choices (one compiled program each):
+STATIC_OPTIONS = {"augment": (False,), "elastic_sigma": (0.0,), "ema": (False,),
+                  "prune_to": (0,), "gmp_start": (0.1,), "gmp_end": (0.6,), "bn": (False,)}
+# Numbers (vmapped per trial; (low, high), uniform; low == high: fixed) and
+# the switch that makes each one count: ``None`` = its own high > 0.
+RUN_OPTIONS = {"aug_shift": ((2.0, 2.0), "augment"), "aug_rotate": ((10.0, 10.0), "augment"),
+               "aug_scale": ((0.1, 0.1), "augment"), "aug_elastic": ((34.0, 34.0), "elastic"),
+               "label_smoothing": ((0.0, 0.0), None), "ema_decay": ((0.999, 0.999), "ema"),
+               "distill_alpha": ((0.5, 0.5), "teacher"),
+               "distill_temperature": ((4.0, 4.0), "teacher")}
 _SEARCH, _FINAL = 0, 1   # purposes folded into the root key
 
 
@@ -151,7 +181,29 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
         schedules=("cosine", "constant"),     # or warmup_cosine
         learning_rate=(1e-3, 5e-2),           # log-uniform
         weight_decay=(1e-6, 1e-3),            # log-uniform; (0, 0): no weight decay
+        # Training options (train.OPTIONS), all off by default:
+        augment=(False,),              # or (False, True): warped training batches
+        aug_shift=(2.0, 2.0),          # pixels, +- uniform per image
+        aug_rotate=(10.0, 10.0),       # degrees, +- uniform per image
+        aug_scale=(0.1, 0.1),          # factor in [1 - s, 1 + s]
+        elastic_sigma=(0.0,),          # > 0 (e.g. 4.0): add an elastic field, that smoothing
+        aug_elastic=(34.0, 34.0),      # elastic amplitude (pixels; Simard et al.: 34 at sigma 4)
+        label_smoothing=(0.0, 0.0),    # (0, 0): off
+        ema=(False,),                  # or (True,): keep/evaluate the EMA of the weights
+        ema_decay=(0.999, 0.999),      # per step
+        distill_alpha=(0.5, 0.5),      # weight of the teacher (config.teacher) in the loss
+        distill_temperature=(4.0, 4.0),
+        prune_to=(0,),                 # e.g. (450,): gradual magnitude pruning to that many
+        gmp_start=(0.1,),              #   non-zero params over these fractions of the
+        gmp_end=(0.6,),                #   epochs, then fine-tuning (budget stays dense)
+        bn=(False,),                   # or (False, True): batch norm after every conv,
+                                       #   folded into it for evaluation, export and count
     ))
+    # Distillation teacher: an exported .npz (export.export_model, e.g. the zoo
+    # experiment's WORKDIR/zoo_cnn_small.npz), or several comma-separated (an
+    # ensemble: their mean logits); '' = none. Each one's training-image logits
+    # are computed once and cached in WORKDIR/teachers/.
+    cfg.teacher = ""
     cfg.search = ml_collections.ConfigDict(dict(
         batches=10,              # trained batches (rejected architectures do not count)
         trials_per_batch=4,      # trials sharing one compiled program
@@ -229,6 +281,7 @@ def validate(cfg) -> None:
     if s.weight_decay[0] == 0 < s.weight_decay[1]:
         raise ConfigError(f"config.space.weight_decay={tuple(s.weight_decay)}: log-uniform needs "
                           "low > 0; (0, 0) means no weight decay.")
+    _validate_options(cfg)
     if cfg.train.optimizer not in train.OPTIMIZERS:
         raise ConfigError(f"config.train.optimizer={cfg.train.optimizer!r}; "
                           f"valid: {', '.join(train.OPTIMIZERS)}.")
@@ -241,6 +294,62 @@ def validate(cfg) -> None:
     if smallest is not None and smallest > cfg.budget:
         raise ConfigError(f"config.budget={cfg.budget}: the smallest model in config.space has "
                           f"{smallest} params; raise the budget or shrink the space.")
+
+
+def _validate_options(cfg) -> None:
+    """The training options of the space (``STATIC_OPTIONS``, ``RUN_OPTIONS``)."""
+    s = cfg.space
+    for name, off in STATIC_OPTIONS.items():
+        _choices(f"space.{name}", s[name], (False, True) if isinstance(off[0], bool) else None)
+    for v in s.elastic_sigma:
+        train.check_options({"elastic_sigma": v}, "space")
+    for v in s.prune_to:
+        train.check_options({"prune_to": v}, "space")
+    for a, b in itertools.product(s.gmp_start, s.gmp_end):
+        train.check_options({"gmp_start": a, "gmp_end": b}, "space")
+    for name in RUN_OPTIONS:
+        _range(f"space.{name}", s[name], 0)
+        for v in s[name]:   # the bounds train.make_run holds each number to
+            train.check_options({name: v}, "space")
+    for path in teacher_files(cfg):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config.teacher={cfg.teacher!r}: {path!r} is not a file; valid: "
+                              "'' (no distillation) or exported .npz models "
+                              "(export.export_model), comma-separated for an ensemble.")
+
+
+def teacher_files(cfg) -> list[str]:
+    return [p.strip() for p in cfg.teacher.split(",") if p.strip()]
+
+
+def teacher_logits(cfg, wd: Workdir, ds) -> np.ndarray:
+    """The mean logits of the teacher files over the training images (each cached)."""
+    return np.mean([teacher.cached_logits(p, ds.train_x, wd, ds.num_classes)
+                    for p in teacher_files(cfg)], axis=0)
+
+
+def switches(cfg) -> dict[str, bool]:
+    """Which optional parts of training the space can turn on."""
+    s = cfg.space
+    return {"augment": True in s.augment,
+            "elastic": True in s.augment and any(float(v) > 0 for v in s.elastic_sigma),
+            "ema": True in s.ema, "teacher": bool(teacher_files(cfg))}
+
+
+def active_run_options(cfg) -> dict[str, tuple[float, float]]:
+    """The ``RUN_OPTIONS`` numbers that count in this space: ``{name: (low, high)}``."""
+    on = switches(cfg)
+    return {name: (float(cfg.space[name][0]), float(cfg.space[name][1]))
+            for name, (_, switch) in RUN_OPTIONS.items()
+            if (on[switch] if switch else float(cfg.space[name][1]) > 0)}
+
+
+def run_numbers(cfg, params: dict) -> dict[str, float]:
+    """A trial's vmapped numbers: learning rate, weight decay and the active options
+    (searched ones from ``params``, fixed ones from the space)."""
+    return {"learning_rate": params["learning_rate"],
+            "weight_decay": params.get("weight_decay", 0.0),
+            **{name: params.get(name, lo) for name, (lo, _) in active_run_options(cfg).items()}}
 
 
 def _smallest_in_space(cfg) -> int | None:
@@ -279,13 +388,20 @@ def distributions(cfg) -> dict[str, D.BaseDistribution]:
     dists["batch_size"] = D.CategoricalDistribution(tuple(int(v) for v in s.batch_sizes))
     dists["epochs"] = D.CategoricalDistribution(tuple(int(v) for v in s.epochs))
     dists["schedule"] = D.CategoricalDistribution(tuple(s.schedules))
+    for name, off in STATIC_OPTIONS.items():   # only when the space turns them on
+        if tuple(s[name]) != off:
+            dists[name] = D.CategoricalDistribution(tuple(s[name]))
     dists["learning_rate"] = D.FloatDistribution(*map(float, s.learning_rate), log=True)
     if s.weight_decay[1] > 0:
         dists["weight_decay"] = D.FloatDistribution(*map(float, s.weight_decay), log=True)
+    for name, (lo, hi) in active_run_options(cfg).items():
+        if lo < hi:
+            dists[name] = D.FloatDistribution(lo, hi)
     return dists
 
 
-RUN_PARAMS = ("learning_rate", "weight_decay")   # differ within a batch; the rest is static
+# Differ within a batch (vmapped); the rest is static.
+RUN_PARAMS = ("learning_rate", "weight_decay", *RUN_OPTIONS)
 
 
 def static_params(params: dict) -> dict:
@@ -296,7 +412,25 @@ def build_model(cfg, params: dict) -> models.Model:
     n = len(cfg.space.channels)
     return models.golf_cnn(tuple(params[f"c{i}"] for i in range(n)),
                            tuple(params[f"k{i}"] for i in range(n)), params["activation"],
-                           params["separable"], params["gap"], pools=tuple(cfg.space.pools))
+                           params["separable"], params["gap"], pools=tuple(cfg.space.pools),
+                           bn=bool(params.get("bn", False)))
+
+
+def exported_count(model: models.Model) -> int:
+    """Dense params of the network that is evaluated and exported (BN folded)."""
+    return models.arch_param_count(models.folded_arch(model.arch))
+
+
+def exported(model: models.Model, theta_D, train_x) -> tuple[models.Model, dict]:
+    """(Model, NumPy params) of the exported network of a kept flat vector: with
+    batch norm, folded on the statistics ``train.make_run`` evaluated with."""
+    params = unflatten(model, theta_D)
+    if not models.has_bn(model.arch):
+        return model, params
+    n = min(int(train.OPTIONS["bn_calib"]), len(train_x))
+    folded = models.fold_bn(model, params, jnp.asarray(train_x[:n]))
+    return (models.from_arch(models.folded_arch(model.arch), model.name),
+            jax.tree.map(np.asarray, folded))
 
 
 def check_budget(cfg, params: dict) -> tuple[str | None, int | None]:
@@ -305,7 +439,7 @@ def check_budget(cfg, params: dict) -> tuple[str | None, int | None]:
         model = build_model(cfg, params)
     except ValueError:
         return "invalid_shape", None
-    n = models.arch_param_count(model.arch)
+    n = exported_count(model)
     return ("over_budget" if n > cfg.budget else None), n
 
 
@@ -448,7 +582,8 @@ class _Runs:
         if key not in self.cache:
             tcfg = C.train_config(**self.cfg.train.to_dict(), batch_size=static["batch_size"],
                                   epochs=static["epochs"], schedule=static["schedule"],
-                                  keep_best=True)
+                                  keep_best=True,
+                                  **{k: static[k] for k in STATIC_OPTIONS if k in static})
             ticker = [None]
             run = train.make_run(build_model(self.cfg, params), tcfg, C.subspace_config(0),
                                  self.n_train, lambda e, acc: ticker[0](e, acc))
@@ -459,13 +594,13 @@ class _Runs:
 
 
 def train_rows(runs: _Runs, params: dict, rows: list[dict], key, data, label: str):
-    """Trains ``rows`` (dicts of trial, seed, learning_rate, weight_decay) of one
+    """Trains ``rows`` (dicts of trial, seed and the ``run_numbers``) of one
     static choice in one program; returns the host copy of the stacked Result."""
-    hp = {"learning_rate": np.asarray([r["learning_rate"] for r in rows], np.float32),
-          "weight_decay": np.asarray([r["weight_decay"] for r in rows], np.float32),
-          "d_active": np.zeros(len(rows), np.int32),
+    hp = {k: np.asarray([r[k] for r in rows], np.float32) for k in rows[0]
+          if k not in ("trial", "seed")}
+    hp.update({"d_active": np.zeros(len(rows), np.int32),
           "trial": np.asarray([r["trial"] for r in rows], np.int32),
-          "seed": np.asarray([r["seed"] for r in rows], np.int32)}
+          "seed": np.asarray([r["seed"] for r in rows], np.int32)})
     return jax.device_get(vectorize.vmapped(runs(params, label), key, hp, data))
 
 
@@ -484,10 +619,10 @@ def run_batch(cfg, runs: _Runs, study, batch: int, data) -> tuple[dict, list[dic
     asked = batch_trials(cfg, study, batch)
     leader = asked[0][1]
     model = build_model(cfg, leader)
-    n_params = models.arch_param_count(model.arch)
+    n_params = exported_count(model)
     seeds = range(int(cfg.search.seeds_per_trial))
-    rows = [{"trial": t.number, "seed": s, "learning_rate": p["learning_rate"],
-             "weight_decay": p.get("weight_decay", 0.0)} for t, p in asked for s in seeds]
+    rows = [{"trial": t.number, "seed": s, **run_numbers(cfg, p)} for t, p in asked
+            for s in seeds]
     record = {"batch": batch, "model": model.name, "dense_params": n_params,
               "static": static_params(leader)}
     told, lines = [], []  # (trial, attrs, state, value)
@@ -529,6 +664,15 @@ def _pinned(cfg) -> dict:
         for part in field.split("."):
             value = value[part]
         pinned[field] = json.loads(json.dumps(to_jsonable(value)))  # as read back from disk
+    # Options at their off values are left out: a study recorded before they
+    # existed resumes; the teacher is pinned by its file's hash.
+    off = {**STATIC_OPTIONS, **{k: v[0] for k, v in RUN_OPTIONS.items()}}
+    pinned["space"] = {k: v for k, v in pinned["space"].items()
+                       if k not in off or tuple(v) != tuple(off[k])}
+    if teacher_files(cfg):
+        pinned["teacher"] = [teacher.file_hash(p) for p in teacher_files(cfg)]
+    else:
+        del pinned["teacher"]
     return pinned
 
 
@@ -546,7 +690,7 @@ def check_resume(cfg, wd: Workdir) -> None:
         raise ValueError(f"{wd.file('study.db')} holds no study named {STUDY!r}: use a fresh "
                          "--workdir.") from None
     pinned = _pinned(cfg)
-    changed = [f for f in _PINNED if recorded is not None and recorded.get(f) != pinned[f]]
+    changed = [f for f in _PINNED if recorded is not None and recorded.get(f) != pinned.get(f)]
     if changed:
         raise ValueError(f"{wd.path} holds a search with other settings "
                          f"(config.{', config.'.join(changed)}): use a fresh --workdir or the "
@@ -617,14 +761,13 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     t0 = time.time()
     params = best["params"]
     model = build_model(cfg, params)
-    rows = [{"trial": best["number"], "seed": s, "learning_rate": params["learning_rate"],
-             "weight_decay": params.get("weight_decay", 0.0)} for s in seeds]
+    rows = [{"trial": best["number"], "seed": s, **run_numbers(cfg, params)} for s in seeds]
     key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _FINAL)
     out = train_rows(runs, params, rows, key, data, f"final x{len(seeds)}")
     per_seed = []
     for i, s in enumerate(seeds):
         theta = np.asarray(out.params[i], np.float32)
-        dense, nonzero = theta.size, int(np.count_nonzero(theta))
+        dense, nonzero = export.count_params(exported(model, theta, data.train_x)[1])
         diverged = bool(out.final["diverged"][i])
         per_seed.append({"seed": s, "status": "diverged" if diverged else "ok",
                          **{k: out.final[k][i] for k in ("val_acc", "decide_acc", "test_acc",
@@ -638,15 +781,14 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     return wd.run_record("final")
 
 
-def export_seed0(cfg, wd: Workdir, final: dict) -> dict | None:
+def export_seed0(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
     """Writes golf.npz from seed 0's kept params; None if seed 0 diverged."""
     rec = next(r for r in final["records"] if r["seed"] == 0)
     if rec["status"] != "ok":
         if os.path.exists(wd.file("golf.npz")):  # never leave an earlier final's export
             os.remove(wd.file("golf.npz"))
         return None
-    model = build_model(cfg, final["params"])
-    params = unflatten(model, rec["theta"])
+    model, params = exported(build_model(cfg, final["params"]), rec["theta"], train_x)
     return export.export_model(wd.file("golf.npz"), model, params)
 
 
@@ -786,6 +928,8 @@ def run(cfg, workdir: str) -> dict:
     if too_big:
         raise ValueError(f"config.space.batch_sizes={tuple(cfg.space.batch_sizes)}: {too_big} "
                          f"exceed the {n_train} training images.")
+    if teacher_files(cfg):  # computed once per teacher file and training set, then cached
+        dat = dat._replace(teacher_logits=jnp.asarray(teacher_logits(cfg, wd, ds)))
     runs = _Runs(cfg, n_train)
     # The search never sees the test split: a zero stand-in of the same shape
     # (so the final runs can reuse a compiled program) takes its place.
@@ -798,7 +942,7 @@ def run(cfg, workdir: str) -> dict:
         print("no trial completed: nothing to retrain", flush=True)
     else:
         final = final_runs(cfg, wd, runs, best, dat)
-        desc = export_seed0(cfg, wd, final)
+        desc = export_seed0(cfg, wd, final, dat.train_x)
     summary = summarise(cfg, history, final, desc)
     wd.write_json("summary.json", summary)
     text = markdown(summary)

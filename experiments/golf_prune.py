@@ -85,6 +85,7 @@ from jax.flatten_util import ravel_pytree
 
 from subspace_jax import checks
 from subspace_jax import config as C
+from subspace_jax import data as data_lib
 from subspace_jax import export, models, plots, sweep, train
 from subspace_jax.pruning import brute_force as bf
 from subspace_jax.pruning import masks
@@ -214,7 +215,11 @@ def export_golf_seed(cfg, wd) -> str:
         raise ValueError(f"config.golf_workdir={cfg.golf_workdir!r}: its config.json builds "
                          f"{model.name}, its runs/final.json trained {rec['model']}.")
     path = wd.file(f"golf_seed{int(cfg.golf_seed)}.npz")
-    desc = export.export_model(path, model, golf.unflatten(model, rec["theta"]))
+    # Batch norm folds on the golf run's own training images (its data config).
+    train_x = (data_lib.from_config(ml_collections.ConfigDict(golf_cfg["data"])).train_x
+               if models.has_bn(model.arch) else None)
+    model, params = golf.exported(model, rec["theta"], train_x)
+    desc = export.export_model(path, model, params)
     print(f"golf seed {cfg.golf_seed} of trial {rec['trial']} ({model.name}, "
           f"{desc['nonzero_params']:,} non-zero, val acc {100 * rec['val_acc']:.2f}% as trained) "
           f"-> {path}", flush=True)

@@ -70,6 +70,9 @@ def export_model(path: str, model_name_or_arch, params) -> dict:
             raise ValueError(f"model {name!r} has no arch (only models.cnn/mlp models export)")
         model_name_or_arch = model_name_or_arch.arch
     arch = model_name_or_arch
+    if models.has_bn(arch):
+        raise ValueError("the arch has batch norm: export the folded network "
+                         "(models.fold_bn params with models.folded_arch)")
     arrays = flat_arrays(params)
     want = _expected_shapes(arch)
     got = {k: v.shape for k, v in arrays.items()}

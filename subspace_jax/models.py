@@ -162,6 +162,75 @@ def _activate(h, activation: str, p):
     return jax.nn.relu(h) if activation == "relu" else h
 
 
+BN_EPS = 1e-5
+
+
+def moments(h_NHWC):
+    """Per-channel mean and (biased) variance over batch and space."""
+    mean = h_NHWC.mean(axis=(0, 1, 2))
+    return mean, ((h_NHWC - mean) ** 2).mean(axis=(0, 1, 2))
+
+
+def batch_norm(h_NHWC, gamma_C, beta_C, mean_C, var_C):
+    return (h_NHWC - mean_C) * (gamma_C * lax.rsqrt(var_C + BN_EPS)) + beta_C
+
+
+def has_bn(arch: dict | None) -> bool:
+    return arch is not None and any(layer.get("bn") for layer in arch["layers"])
+
+
+def folded_arch(arch: dict) -> dict:
+    """The arch with every conv+BN as a plain conv (what is exported and counted)."""
+    return {**arch, "layers": [{k: v for k, v in layer.items() if k != "bn"}
+                               for layer in arch["layers"]]}
+
+
+def fold_bn(model: Model, params, x_NHWC):
+    """Params of ``folded_arch(model.arch)``: each conv+BN becomes one conv.
+
+    The statistics are the population ones of ``x`` (a fixed set of training
+    images, never augmented), layer by layer through the network already folded
+    before it: BN(conv(h)) = conv(h) * s + (beta - mean * s), s = gamma /
+    sqrt(var + eps), so ``w' = w * s`` and ``b' = (b - mean) * s + beta``. The
+    folded network is the one evaluated, exported and counted. jnp only: runs
+    inside the compiled program.
+    """
+    arch = model.arch
+    h = x_NHWC.reshape(x_NHWC.shape[0], *arch["input_shape"])
+    out = {}
+    for layer in arch["layers"]:
+        p = dict(params.get(layer.get("name"), {}))
+        if layer.get("bn"):
+            gamma, beta = p.pop("gamma"), p.pop("beta")
+            mean, var = moments(conv2d(h, p["w"], p["b"]))
+            scale = gamma * lax.rsqrt(var + BN_EPS)
+            p["w"], p["b"] = p["w"] * scale, (p["b"] - mean) * scale + beta
+            layer = {k: v for k, v in layer.items() if k != "bn"}
+        if "name" in layer:
+            out[layer["name"]] = p
+        h = _forward_layer(layer, p, h)
+    return out
+
+
+def _forward_layer(layer: dict, p, h, conv_impl: str = "slice"):
+    """One arch layer on ``h`` (batch norm, if any, on the batch's statistics)."""
+    kind = layer["kind"]
+    if kind == "flatten":
+        return h.reshape(h.shape[0], -1)
+    if kind == "gap":
+        return h.mean(axis=(1, 2))
+    if kind == "conv":
+        h = conv2d(h, p["w"], p["b"], conv_impl)
+        if layer.get("bn"):  # training form
+            h = batch_norm(h, p["gamma"], p["beta"], *moments(h))
+    elif kind == "depthwise":
+        h = depthwise2d(h, p["w"], p["b"], conv_impl)
+    else:
+        h = h @ p["w"] + p["b"]
+    h = _activate(h, layer.get("activation", "none"), p)
+    return maxpool2(h) if layer.get("pool") else h
+
+
 def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "slice") -> Model:
     """The Model that runs an export layer list, in order (the semantics of each
     kind are in ``tools/check_model.py``). Init: one key per layer with
@@ -184,29 +253,16 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
                 p = _dense_init(k, layer["in"], layer["out"])
             if layer.get("activation") == "prelu":
                 p["slope"] = jnp.full(p["b"].shape, 0.25, jnp.float32)
+            if layer.get("bn"):
+                p["gamma"] = jnp.ones(p["b"].shape, jnp.float32)
+                p["beta"] = jnp.zeros(p["b"].shape, jnp.float32)
             params[layer["name"]] = p
         return params
 
     def apply(params, x):
         h = x.reshape(x.shape[0], *in_shape)
         for layer in layers:
-            kind = layer["kind"]
-            if kind == "flatten":
-                h = h.reshape(h.shape[0], -1)
-                continue
-            if kind == "gap":
-                h = h.mean(axis=(1, 2))
-                continue
-            p = params[layer["name"]]
-            if kind == "conv":
-                h = conv2d(h, p["w"], p["b"], conv_impl)
-            elif kind == "depthwise":
-                h = depthwise2d(h, p["w"], p["b"], conv_impl)
-            else:
-                h = h @ p["w"] + p["b"]
-            h = _activate(h, layer.get("activation", "none"), p)
-            if layer.get("pool"):
-                h = maxpool2(h)
+            h = _forward_layer(layer, params.get(layer.get("name")), h, conv_impl)
         return h
 
     return Model(name, init, apply, description, {"input_shape": list(in_shape), "layers": layers})
@@ -215,7 +271,8 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
 def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
         pools: Sequence[bool], hidden: Sequence[int] = (), activation: str = "relu",
         n_out: int = 10, in_size: int = 28, in_channels: int = 1,
-        conv_impl: str = "slice", separable: bool = False, gap: bool = False) -> Model:
+        conv_impl: str = "slice", separable: bool = False, gap: bool = False,
+        bn: bool = False) -> Model:
     """VALID convs (optionally pooled), then dense layers, then ``n_out`` logits.
 
     ``activation='prelu'`` gives one learned slope per conv channel (init 0.25).
@@ -224,6 +281,9 @@ def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
     no activation), then a 1x1 conv ``conv{i}`` with bias, the activation and
     the pool. ``gap=True``: global average pooling over space instead of
     flatten, so the first dense layer sees ``channels[-1]`` features.
+    ``bn=True``: every ``conv`` layer is followed by batch norm (``gamma``,
+    ``beta``; batch statistics in ``apply``) before its activation; ``fold_bn``
+    folds it into the conv for evaluation and export.
     """
     if activation not in ("relu", "prelu"):
         raise ValueError(f"activation={activation!r}; valid: relu, prelu")
@@ -238,7 +298,8 @@ def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
 
     desc = (f"conv {list(channels)} k{list(kernels)} pool{[int(p) for p in pools]} "
             f"-> {'-'.join(map(str, dense_sizes))} {activation}"
-            + (" separable" if separable else "") + (" gap" if gap else ""))
+            + (" separable" if separable else "") + (" gap" if gap else "")
+            + (" bn" if bn else ""))
     layers, c_in = [], in_channels
     for i, (c, k, p) in enumerate(zip(channels, kernels, pools)):
         if separable and i > 0:
@@ -246,7 +307,8 @@ def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
                            "channels": int(c_in)})
             k = 1
         layers.append({"kind": "conv", "name": f"conv{i}", "kernel": int(k), "in": int(c_in),
-                       "out": int(c), "activation": activation, "pool": bool(p)})
+                       "out": int(c), "activation": activation, "pool": bool(p),
+                       **({"bn": True} if bn else {})})
         c_in = c
     layers.append({"kind": "gap"} if gap else {"kind": "flatten"})
     layers += [{"kind": "dense", "name": f"dense{j}", "in": a, "out": b,
@@ -257,7 +319,7 @@ def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
 
 
 def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", separable=False,
-             gap=False, pools=None, **kw) -> Model:
+             gap=False, pools=None, bn=False, **kw) -> Model:
     """The neural-golf family: VALID convs, pool after conv 1 and 2, linear to 10.
 
     ``separable`` and ``gap`` as in ``cnn``; ``pools`` (one bool per conv)
@@ -271,8 +333,10 @@ def golf_cnn(channels=(4, 5, 4), kernels=(4, 3, 3), activation="relu", separable
             + ("_sep" if separable else "") + ("_gap" if gap else ""))
     if pools != default_pools:
         name += "_p" + "".join(str(int(p)) for p in pools)
+    if bn:
+        name += "_bn"
     return cnn(name, channels, kernels, pools, activation=activation, separable=separable,
-               gap=gap, **kw)
+               gap=gap, bn=bn, **kw)
 
 
 def from_arch(arch: dict, name: str = "from_arch") -> Model:
@@ -519,6 +583,8 @@ def param_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
             shapes[f"{n}/b"] = (layer["out"],)
         if layer.get("activation") == "prelu":
             shapes[f"{n}/slope"] = shapes[f"{n}/b"]
+        if layer.get("bn"):  # training form only; folded away at export
+            shapes[f"{n}/gamma"] = shapes[f"{n}/beta"] = shapes[f"{n}/b"]
     return shapes
 
 

@@ -423,3 +423,31 @@ def test_golf_prune_takes_a_seed_of_a_golf_final(tmp_path):
     cfg.model_file = path
     with pytest.raises(ValueError, match="not both"):
         golf_prune.validate(cfg)
+
+
+def test_golf_prune_folds_a_batch_norm_golf_seed(tmp_path):
+    from experiments import golf
+    from subspace_jax import data
+    gcfg = golf.get_config(quick=True)
+    gcfg.data.update(source="synthetic", synthetic_size=512, val_size=128, train_size=0)
+    recipe = {"c0": 2, "c1": 2, "c2": 2, "k0": 3, "k1": 3, "k2": 3, "activation": "relu",
+              "separable": False, "gap": True, "bn": True, "learning_rate": 0.01}
+    model = golf.build_model(gcfg, recipe)
+    theta = np.random.default_rng(1).normal(size=models.arch_param_count(model.arch))
+    gdir = tmp_path / "golf"
+    (gdir / "runs").mkdir(parents=True)
+    (gdir / "config.json").write_text(json.dumps(gcfg.to_dict()))
+    (gdir / "runs" / "final.json").write_text(json.dumps(
+        {"trial": 0, "model": model.name, "params": recipe,
+         "records": [{"seed": 0, "status": "ok", "val_acc": 0.9, "theta": theta.tolist()}]}))
+    cfg = golf_prune.get_config()
+    cfg.golf_workdir, cfg.golf_seed = str(gdir), 0
+    path = golf_prune.export_golf_seed(cfg, Workdir(str(tmp_path / "wd")))
+    check = _checker()
+    desc, arrays = check.load_model(path)
+    assert desc["dense_params"] == golf.exported_count(model) < theta.size   # gamma, beta gone
+    train_x = data.from_config(gcfg.data).train_x
+    folded = models.fold_bn(model, golf.unflatten(model, theta), jnp.asarray(train_x))
+    x = np.asarray(train_x[:3])
+    want = models.from_arch(models.folded_arch(model.arch)).apply(folded, x)
+    np.testing.assert_allclose(check.forward(desc, arrays, x), want, rtol=1e-4, atol=1e-4)

@@ -292,6 +292,13 @@ def test_budget_is_respected_before_training_and_asks_are_deterministic():
     ("space.schedules", ("linear",), r"config\.space\.schedules"),
     ("space.learning_rate", (0.0, 0.1), r"config\.space\.learning_rate"),
     ("space.weight_decay", (0.0, 1e-3), r"config\.space\.weight_decay"),
+    ("space.aug_scale", (0.1, 1.0), r"config\.space\.aug_scale"),
+    ("space.augment", ("yes",), r"config\.space\.augment"),
+    ("space.label_smoothing", (0.2, 0.1), r"config\.space\.label_smoothing"),
+    ("space.distill_temperature", (0.0, 1.0), r"config\.space\.distill_temperature"),
+    ("teacher", "no/such/teacher.npz", r"config\.teacher"),
+    ("space.prune_to", (-5,), r"config\.space\.prune_to"),
+    ("space.gmp_end", (0.05,), r"config\.space\.gmp_end"),
     ("search.trials_per_batch", 0, r"config\.search\.trials_per_batch"),
     ("search.batches", 0, r"config\.search\.batches"),
 ])
@@ -344,3 +351,45 @@ def test_reaching_a_target_is_decided_on_the_deciding_half():
     assert hit["number"] == 1 and hit["decide_acc"] == pytest.approx(0.982)
     assert s["search"]["best_trial"]["number"] == 2  # the choice itself stays on the value
     assert "| 98% | trial 1: m1 | 700 | 98.10 | 98.20 |" in golf.markdown(s)
+
+
+def test_training_options_are_off_by_default_and_searchable(tmp_path):
+    """Default space: no option searched or pinned (older studies resume); turned
+    on, each is a search choice and the quick search trains with all of them."""
+    default = golf.get_config(quick=True)
+    assert set(golf.distributions(default)) == {
+        "c0", "c1", "c2", "k0", "k1", "k2", "activation", "separable", "gap", "batch_size",
+        "epochs", "schedule", "learning_rate", "weight_decay"}
+    pinned_space = golf._pinned(default)["space"]
+    assert not set(pinned_space) & (set(golf.STATIC_OPTIONS) | set(golf.RUN_OPTIONS))
+    assert "teacher" not in golf._pinned(default)
+    cfg = _quick_cfg()
+    teachers = [str(tmp_path / f"teacher{i}.npz") for i in range(2)]   # an ensemble
+    for i, path in enumerate(teachers):
+        export.export_model(path, "golf_relu", _random_params(models.get("golf_relu"), seed=i))
+    cfg.teacher = ",".join(teachers)
+    cfg.space.augment = (True,)
+    cfg.space.aug_rotate = (5.0, 15.0)
+    cfg.space.elastic_sigma = (4.0,)
+    cfg.space.ema = (True,)
+    cfg.space.label_smoothing = (0.0, 0.1)
+    cfg.space.distill_alpha = (0.0, 0.5)
+    cfg.space.schedules = ("onecycle",)
+    cfg.space.prune_to = (60,)
+    cfg.space.gmp_start = (0.0,)
+    cfg.space.gmp_end = (1.0,)
+    cfg.space.bn = (True,)
+    dists = golf.distributions(cfg)
+    assert {"augment", "elastic_sigma", "ema", "aug_rotate", "label_smoothing",
+            "distill_alpha"} <= set(dists) and "aug_shift" not in dists  # fixed: not searched
+    assert golf.run_numbers(cfg, {"learning_rate": 0.01, "aug_rotate": 7.0})["aug_shift"] == 2.0
+    summary = golf.run(cfg, str(tmp_path / "wd"))
+    assert summary["final"] is not None and summary["final"]["seeds"] == 2
+    assert summary["final"]["recipe"]["ema"] is True
+    assert 0 <= summary["final"]["recipe"]["label_smoothing"] <= 0.1
+    assert len(os.listdir(tmp_path / "wd" / "teachers")) == 2
+    assert summary["final"]["nonzero_params_mean"] == 60          # pruned during training
+    assert summary["final"]["dense_params"] == golf.exported_count(golf.build_model(
+        cfg, summary["final"]["recipe"]))                        # BN folded away
+    desc = export.load(str(tmp_path / "wd" / "golf.npz"))[0]
+    assert desc["nonzero_params"] == 60

@@ -322,7 +322,7 @@ def test_burn_in_and_trajectory_start_from_the_full_space_run():
     traj = train.make_pretrain(model, tcfg, "trajectory:snapshots=4,every=2,batch=16", 64, 3)
     assert train.make_pretrain(model, tcfg, "burn_in:steps=0", 64, 6) is None
 
-    data = train.Data(*map(jnp.asarray, data))
+    data = jax.tree.map(jnp.asarray, data)  # teacher_logits None stays None
 
     @jax.jit
     def starts(key):
