@@ -5,107 +5,48 @@
     python launch.py --experiment=golf --quick          # smoke form: seconds of training
     python launch.py --experiment=golf --config.space.augment='(False, True)' --config.space.ema='(True,)' --config.space.schedules='("onecycle",)' --config.space.epochs='(50,)'
 
-Model family: ``models.golf_cnn``: three VALID convs (2x2 max-pool after the
-first two), optionally depthwise-separable after the first conv and global
-average pooling before the linear layer, ReLU or per-channel PReLU. The
-search (Optuna's ask/tell API) chooses the channels and kernel of each conv,
-the activation, ``separable``, ``gap``, batch size, epochs, learning-rate
-schedule, learning rate and weight decay (Adam; ``config.space``). The
-``warmup_cosine`` and ``onecycle`` schedules are not offered by default (8-epoch
-runs; add them to ``space.schedules`` to search them; long runs: ``space.epochs``).
+Model family ``models.golf_cnn``: three VALID convs (2x2 max-pool after the
+first two), optionally depthwise-separable and global average pooling, ReLU
+or PReLU, optionally batch norm folded into each conv (``space.bn``: every
+evaluation, the export and the budget see the folded network). Optuna
+(ask/tell) searches ``config.space``: channels and kernels, activation,
+batch size, epochs, schedule, learning rate, weight decay (Adam), and the
+training options of ``train.OPTIONS``, all off by default (off: neither
+searched nor pinned, so older studies resume): warped batches
+(``augment``, ``aug_*``, ``elastic_sigma``), ``label_smoothing``, a weight
+EMA (``ema``, ``ema_decay``), distillation from ``--config.teacher=A.npz[,B.npz]``
+(logits cached in ``WORKDIR/teachers/``), gradual magnitude pruning to
+``prune_to`` non-zero params. A range with low < high is searched; low ==
+high is fixed.
 
-Training options (``train.OPTIONS``), each a search choice, all off by default
-(off: neither searched nor pinned, so older studies resume): warped training
-batches ``space.augment=(False,True)`` (shift, rotation, scale: ``aug_*``
-ranges; elastic with ``elastic_sigma=(4.0,)``), ``space.label_smoothing``,
-``space.ema=(True,)`` (the weight EMA is what is evaluated and kept,
-``ema_decay``), distillation from ``--config.teacher=PATH.npz`` (an exported
-model; its logits cached in ``WORKDIR/teachers/``; ``distill_alpha``,
-``distill_temperature``; comma-separated files: an ensemble), gradual magnitude pruning during training to
-``space.prune_to`` non-zero params (over ``gmp_start``..``gmp_end`` of the
-epochs, then fine-tuning; the kept epoch is chosen, on the choosing half, among
-those at the target count), batch norm after every conv ``space.bn``
-(folded into the conv for every evaluation, the export and the budget, so the
-exported network is what was scored). A range with low < high is searched (uniform);
-low == high is a fixed value (the second command above searches augmentation
-on/off with an EMA and a 50-epoch one-cycle schedule; not run here: 50 epochs
-per trial is hours on this CPU).
+The rule: one compiled program per *batch* (a leader trial plus followers
+sharing its static choices, all seeds vmapped). A trial's value is its mean
+accuracy on the choosing half of the validation split (``train``'s halves);
+whether a trial *reaches* a target is decided on the other half
+(``decide_acc``). Over-budget architectures are told as pruned, untrained;
+a diverged trial is pruned and a failing batch recorded: neither stops the
+search. The best trial (ties: fewer parameters) is retrained with
+``final_seeds`` new seeds; test is scored once per final run.
 
-Search. A *batch* is one compiled program: a leader trial is asked for every
-parameter; an architecture over ``budget`` dense parameters (biases and PReLU
-slopes counted) or with no spatial extent left is told to the study as pruned
-at once, never trained, and a new leader is asked. Then
-``study.enqueue_trial(static)`` + ``ask()`` gives ``trials_per_batch - 1``
-followers with the leader's static choices (architecture, batch size, epochs,
-schedule) and their own learning rate and weight decay; all trials x
-``seeds_per_trial`` seeds are vmapped in one program (``train.make_run`` +
-``vectorize.vmapped``; each trial has its own seeds). A trial's value is its
-mean accuracy on the choosing half of the validation split over its seeds
-(the best epoch of each run on that half). Which trial *reaches* a target is
-decided on the other half (``decide_acc``, which chose neither the epoch nor
-the search's next asks): the rule of ``train``'s halves. The first ``random_batches`` batches sample uniformly (a seeded
-``RandomSampler``), the rest with a seeded multivariate TPE. The search never
-sees the test split: trials are scored on a zero stand-in of its shape.
+Resume: the study is Optuna's SQLite storage ``WORKDIR/study.db`` (study
+``golf``; live view: ``optuna-dashboard sqlite:///WORKDIR/study.db``). Each
+batch loads it with a sampler seeded by (seed, batch), so a resumed search
+asks what an uninterrupted one would; finished batches are skipped; a changed
+space, budget or pinned setting is refused (``search.batches`` may grow).
 
-A diverged trial (non-finite loss) is told as pruned and a batch that raises
-is recorded with its error and its trials told as failed; neither stops the
-search. The study lives in Optuna's SQLite storage, ``WORKDIR/study.db``
-(study ``golf``; watch it live with ``optuna-dashboard sqlite:///WORKDIR/study.db``):
-every trial with its state, value and user attributes (batch, role, status,
-dense params, per-seed accuracies), and as study user attributes the pinned
-search settings (``search_config``), each batch's asked trial numbers
-(``asked_XXXX``) and, once trained and told, its record (``batch_XXXX``).
-Resumable: each batch loads the study (``optuna.load_study``) with a sampler
-seeded by (seed, batch index), so a resumed search asks exactly what an
-uninterrupted one would (for a given Optuna version); finished batches are
-skipped and a batch interrupted during training retrains the trials it had
-asked (same numbers, same params). Only an interruption during the asks
-themselves (before any training) voids those asks and changes the search
-from there on (a line says so). A re-run may raise ``search.batches`` (to
-search on), but changing the space, budget or other pinned settings is
-refused: use a fresh workdir.
+Writes: config.json, metrics.jsonl (``phase`` search or final), study.db,
+runs/final.json (per seed: accuracies, counts, kept flat params; golf_prune
+reads it), golf.npz (seed 0; ``tools/check_model.py``), summary.json/.md
+and accuracy_vs_params.png.
 
-Final. The trial with the best value (ties: fewer parameters) is retrained
-with ``final_seeds`` new seeds in one program; the test split is scored once
-per final run, on the parameters of its best epoch on the choosing half. The
-final runs' deciding-half accuracy (new seeds, chose nothing) is reported
-beside; whether the recipe reaches a target is read from it and from test,
-never from the value that chose the trial. Reported: mean
-+- sd (over seeds) of validation and test accuracy, dense and non-zero
-parameter counts; seed 0 is exported with ``export.export_model``.
-
-Writes: config.json, metrics.jsonl (one row per run and epoch, ``phase``
-search or final), study.db (the Optuna study),
-runs/final.json (per seed: accuracies, counts, the kept flat params),
-golf.npz (seed 0; check with ``python tools/check_model.py WORKDIR/golf.npz``),
-summary.json, summary.md (dense params, non-zero params, val acc, test acc,
-seeds; the smallest searched trials reaching each target on validation), and
-accuracy_vs_params.png (validation accuracy of every trained trial vs its
-parameters, the published records marked).
-
-Published records (as quoted in this project's brief; sources not re-checked
-here): 98% with 575 non-zero of 820 dense parameters (a pruned net); 99%:
-697 parameters at 99.03% and 1,936 at 99.10%.
-
-Cost and expected results: the default has NOT been run to the end; no
-accuracy below is a result of this search until it has. Default: 10 batches x
-4 trials (40 trained trials, 8 epochs each on the 50,000 training images),
-then 5 final seeds. Measured on this project's shared 2-core CPU machine
-(niced, load average ~5 from other jobs; 2026-11-22) with
-``--config.search.batches=1``: the batch (four 8-epoch trials of a
-430-parameter separable+gap net, ~21 s per epoch for all four) took 188 s
-including ~18 s of compilation, and the 5 final seeds 219 s. Estimate from
-that: ~35 min for the default on this machine under such load (architectures
-with full convs cost more per image than that one: say 30-45 min); an idle
-machine should be faster (not measured). Expected accuracy, from one pilot
-outside this search: the 820-parameter ``golf_prelu`` reached 98.21%
-validation accuracy after 8 epochs (Adam, lr 0.01, cosine, batch 64), so the
-search should find >= 98% validation under 1,000 parameters; 99% at this
-budget in 8 epochs is unlikely. That batch=1 slice (random architecture, no
-TPE yet) gave 91.89 +- 0.71% validation, 91.79 +- 0.75% test over 5 seeds
-with 430 parameters. The quick form (1,000 training images, 1 epoch, one
-fixed separable+gap+prelu architecture, 2 batches of 2 trials, 2 final seeds;
-~20 s here, mostly one compilation) only checks the plumbing.
+Cost and result (docs/results/golf.md): the reference-neighbourhood search
+on that page (2 batches x 4 trials of 16 epochs, 5 final seeds) took 25 min
+on this project's 2-core Intel Xeon CPU, shared with other jobs, and gave 966
+params at 98.39 +- 0.11% test (5 seeds); 99% was reached by no trial. The
+default (10 batches x 4 trials of 8 epochs) has not been run on this CPU
+(estimate: 30-45 min). The quick form (1,000 images, 1 epoch, 2 batches of 2
+trials) checks the plumbing in ~20 s. Published records (test-selected):
+98% with 575 non-zero of 820; 99.03% with 697; 99.10% with 1,936.
 """
 
 from __future__ import annotations
