@@ -305,11 +305,11 @@ def run_compare(cfg, wd, model, params, hv, history, finetune, dat):
             return done["arms"], finals
     theta0 = np.asarray(ravel_pytree(params)[0], np.float32)
     mask0 = bf.start_mask(theta0, hv.lay)  # the brute-force path's start
-    scores = {"magnitude": bf.magnitude_score}
-    if "obd" in cfg.compare.methods:
-        n = min(int(cfg.compare.obd_examples), int(dat.train_x.shape[0]))
-        scores["obd"] = bf.make_obd_score(model.apply, params, dat.train_x[:n], dat.train_y[:n],
-                                          cfg.compare.obd_hessian, int(cfg.compare.obd_chunk))
+    n = min(int(cfg.compare.obd_examples), int(dat.train_x.shape[0]))
+    pcfg = P.prune_config(obd_hessian=cfg.compare.obd_hessian,
+                          hessian_chunk=int(cfg.compare.obd_chunk))
+    scores = {m: bf.make_score(m, model.apply, params, dat.train_x[:n], dat.train_y[:n], pcfg)
+              for m in cfg.compare.methods}
     rows, finals, seconds = {}, {}, {}
     for method in cfg.compare.methods:
         for tuned in ((False, True) if finetune is not None else (False,)):

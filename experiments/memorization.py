@@ -79,7 +79,8 @@ from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, distill, models, report, subspace, sweep, train, vectorize
 from subspace_jax import plots  # noqa: F401  (selects the headless Agg backend first)
-from subspace_jax.pruning import masks, scorers
+from subspace_jax.pruning import masks
+from subspace_jax.pruning import procedures as P
 from subspace_jax.workdir import EpochTicker, Workdir
 from subspace_jax.errors import ConfigError
 
@@ -228,19 +229,22 @@ def _chains(cfg) -> list[tuple[float, str]]:
 def make_prune_run(model, ft_cfg, n_train: int, densities, mode: str):
     """``run(key, hp, data)``: magnitude-prune ``hp['teacher_D']`` to every density
     (global over the kernels), score as pruned, then fine-tune each mask."""
-    lay = masks.model_layout(model)
+    pcfg = P.prune_config(mode=mode)
+    lay = masks.model_layout(model, tuple(pcfg.prunable))
     unravel, _ = distill.flat(model)
     apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
+    prune = P.make_pruner(model, lay, "magnitude", pcfg, ())  # needs no data or input shape
     finetune = train.make_run(model, ft_cfg, C.subspace_config(0), n_train)
     dens_L = jnp.asarray(densities, jnp.float32)
     prunable_D = jnp.concatenate([jnp.full(s, p, jnp.float32)
                                   for s, p in zip(lay.sizes, lay.prunable)])
     chunk = int(ft_cfg.eval_chunk)
+    ones_D = jnp.ones(lay.D, jnp.float32)
 
     def run(key, hp, data):
         theta_D = hp["teacher_D"]
-        score_D = scorers.magnitude(theta_D)
-        masks_LxD = jax.vmap(lambda d: masks.select(score_D, lay, d, mode))(dens_L)
+        masks_LxD, res = P.one_shot(prune, finetune, key, key, train.default_hp(ft_cfg), data,
+                                    theta_D, ones_D, dens_L)
 
         def pruned(mask_D):
             w_D = theta_D * mask_D
@@ -248,8 +252,6 @@ def make_prune_run(model, ft_cfg, n_train: int, densities, mode: str):
                     train.evaluate(apply_D, w_D, data.test_x, data.test_y, chunk)[1])
 
         pruned_train_L, pruned_test_L = jax.vmap(pruned)(masks_LxD)
-        thp = {**train.default_hp(ft_cfg), "theta_init": theta_D}
-        res = jax.vmap(lambda m: finetune(key, {**thp, "mask": m}, data))(masks_LxD)
         return {"density": (masks_LxD * prunable_D).sum(-1) / lay.n_prunable,
                 "nonzero": masks_LxD.sum(-1),
                 "pruned_train_acc": pruned_train_L, "pruned_test_acc": pruned_test_L,

@@ -456,3 +456,26 @@ def test_lottery_control_trains_the_mask_from_a_fresh_init(imp_out):
         assert abs(control - ticket) > 1e-3  # a different start, not the rewound weights
     fresh0, fresh1 = (init_D(jax.random.fold_in(k.reinit, lv)) for lv in (0, 1))
     assert not np.allclose(fresh0, fresh1)  # a new init at every level
+
+
+def test_every_registered_scorer_prunes_to_the_exact_density_and_one_line_adds_one(monkeypatch):
+    lay = tiny_layout()
+    pcfg = P.prune_config(synflow_rounds=3)
+    theta_D = P.flat_model(TINY)[2](jax.random.key(0))
+    alive_D = jnp.ones(lay.D, jnp.float32)
+    x, y = tiny_data().train_x[:8], tiny_data().train_y[:8]
+    assert P.AT_INIT == ("random", "magnitude", "snip", "grasp", "synflow")
+    assert P.AFTER_TRAINING == ("magnitude", "obd") and set(P.SCORERS) == set(scorers.REGISTRY)
+    for name in P.SCORERS:
+        batch = (x, y) if scorers.REGISTRY[name].needs_batch else None
+        m = P.make_pruner(TINY, lay, name, pcfg, SHAPE)(jax.random.key(1), theta_D, 0.3,
+                                                         alive_D, batch)
+        kept = np.asarray(masks.leaf_counts(m, lay))[list(lay.prunable_leaves)].sum()
+        assert kept == masks.kept_count(0.3, lay.n_prunable), name
+        assert set(np.unique(np.asarray(m))) <= {0.0, 1.0}
+    # A new scorer is one registry entry: no other code names it.
+    monkeypatch.setitem(scorers.REGISTRY, "smallest", scorers.Scorer(
+        lambda ctx, key, th, alive, b: -jnp.abs(th), False, True, False))
+    got = P.make_pruner(TINY, lay, "smallest", pcfg, SHAPE)(None, theta_D, 0.3, alive_D, None)
+    np.testing.assert_array_equal(got, masks.select(-jnp.abs(theta_D), lay, 0.3))
+    assert not P.needs_batch(("smallest", "magnitude")) and P.needs_batch(("smallest", "obd"))
