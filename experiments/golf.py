@@ -599,14 +599,6 @@ def search(cfg, wd: Workdir, data, runs: _Runs) -> list[dict]:
 
 
 # ---------------------------------------------------------------- final
-def unflatten(model: models.Model, theta_D) -> dict:
-    """Flat params (as ``train`` keeps them, ``ravel_pytree`` order) -> the
-    nested dict of NumPy arrays ``apply`` takes; no JAX op runs."""
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(model.init, jax.random.key(0)))
-    parts = np.split(np.asarray(theta_D, np.float32), np.cumsum([x.size for x in leaves])[:-1])
-    return jax.tree.unflatten(treedef, [p.reshape(x.shape) for p, x in zip(parts, leaves)])
-
-
 def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     """The best trial's recipe with ``final_seeds`` new seeds (resumable)."""
     seeds = list(range(int(cfg.final_seeds)))
@@ -646,7 +638,7 @@ def export_seed0(cfg, wd: Workdir, final: dict) -> dict | None:
             os.remove(wd.file("golf.npz"))
         return None
     model = build_model(cfg, final["params"])
-    params = unflatten(model, rec["theta"])
+    params = models.unflatten(model, rec["theta"])
     return export.export_model(wd.file("golf.npz"), model, params)
 
 

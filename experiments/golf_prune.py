@@ -211,7 +211,7 @@ def export_golf_seed(cfg, wd) -> str:
         raise ValueError(f"config.golf_workdir={cfg.golf_workdir!r}: its config.json builds "
                          f"{model.name}, its runs/final.json trained {rec['model']}.")
     path = wd.file(f"golf_seed{int(cfg.golf_seed)}.npz")
-    desc = export.export_model(path, model, golf.unflatten(model, rec["theta"]))
+    desc = export.export_model(path, model, models.unflatten(model, rec["theta"]))
     print(f"golf seed {cfg.golf_seed} of trial {rec['trial']} ({model.name}, "
           f"{desc['nonzero_params']:,} non-zero, val acc {100 * rec['val_acc']:.2f}% as trained) "
           f"-> {path}", flush=True)
@@ -235,7 +235,7 @@ def start_model(cfg, wd, dat: train.Data):
                                   learning_rate=float(cfg.bootstrap.learning_rate))
             run = train.make_run(model, tcfg, C.subspace_config(0), int(dat.train_x.shape[0]))
             res = jax.jit(run)(key, train.default_hp(tcfg), dat)
-            params = P.flat_model(model)[0](res.params)
+            params = models.flat(model).unravel(res.params)
             how = (f"trained {model.name} for {tcfg.epochs} epoch(s), val acc "
                    f"{100 * float(res.final['val_acc']):.2f}%")
         else:  # random init, e.g. for a test that must not pay for compiling a training

@@ -231,8 +231,7 @@ def make_prune_run(model, ft_cfg, n_train: int, densities, mode: str):
     (global over the kernels), score as pruned, then fine-tune each mask."""
     pcfg = P.prune_config(mode=mode)
     lay = masks.model_layout(model, tuple(pcfg.prunable))
-    unravel, _ = distill.flat(model)
-    apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
+    apply_D = models.flat(model).apply_D
     prune = P.make_pruner(model, lay, "magnitude", pcfg, ())  # needs no data or input shape
     finetune = train.make_run(model, ft_cfg, C.subspace_config(0), n_train)
     dens_L = jnp.asarray(densities, jnp.float32)

@@ -47,12 +47,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax import lax
-from jax.flatten_util import ravel_pytree
 from jax.scipy.special import ndtr
 
 from subspace_jax import config as C
 from subspace_jax import data as data_lib
-from subspace_jax import train
+from subspace_jax import models, train
 from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
@@ -156,13 +155,6 @@ def score(s_apply, w_D, t_apply, x, y_N, chunk: int):
     return tuple(total_3 / x.shape[0])
 
 
-def flat(model: Model):
-    """``(unravel, init_D)`` for the model's flat parameter vector."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
-    return unravel, lambda key: ravel_pytree(model.init(key))[0]
-
-
 # ---------------------------------------------------------------- one run
 def make_distill_run(teacher: Model, student: Model, dcfg):
     """Builds ``run(key, hp, data) -> Distilled`` for one distillation.
@@ -204,8 +196,8 @@ def make_distill_run(teacher: Model, student: Model, dcfg):
         raise ValueError(f"distill epochs={dcfg.epochs} must be >= 1.")
     steps_per_epoch, epochs = n_noise // batch, int(dcfg.epochs)
     chunk, probe_size = int(dcfg.eval_chunk), int(dcfg.probe_size)
-    t_unravel, _ = flat(teacher)
-    s_unravel, s_init_D = flat(student)
+    t_unravel = models.flat(teacher).unravel
+    s_unravel, _, s_init_D = models.flat(student)
 
     def run(key, hp, data: train.Data) -> Distilled:
         k_init, k_noise, k_order, k_probe = (jax.random.fold_in(key, i) for i in range(4))

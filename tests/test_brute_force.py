@@ -420,7 +420,7 @@ def test_golf_prune_takes_a_seed_of_a_golf_final(tmp_path):
     desc, arrays = check.load_model(path)
     assert check.nonzero_count(arrays) == desc["nonzero_params"] == size - 5
     x = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
-    want = np.asarray(jax.jit(model.apply)(golf.unflatten(model, thetas[2]), x))
+    want = np.asarray(jax.jit(model.apply)(models.unflatten(model, thetas[2]), x))
     np.testing.assert_allclose(check.forward(desc, arrays, x), want, rtol=1e-4, atol=1e-4)
     # Exporting again gives the same run key (content, not zip timestamps).
     assert golf_prune._model_digest(path) == golf_prune._model_digest(

@@ -47,10 +47,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
-from subspace_jax import report, train
+from subspace_jax import models, report, train
 from subspace_jax.pruning import masks, scorers
 
 SCORERS = tuple(scorers.REGISTRY)
@@ -91,15 +90,6 @@ def run_keys(key) -> Keys:
     return Keys(*(jax.random.fold_in(key, i) for i in range(5)))
 
 
-def flat_model(model):
-    """``(unravel, apply_D, init_D)`` for the flat parameter vector."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
-    apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
-    init_D = lambda key: ravel_pytree(model.init(key))[0]
-    return unravel, apply_D, init_D
-
-
 def layer_exponents(lay: masks.Layout, pairs) -> tuple[float, ...]:
     table = {str(n): float(e) for n, e in pairs}
     prunable = [lay.names[i] for i in lay.prunable_leaves]
@@ -128,7 +118,7 @@ def make_pruner(model, lay: masks.Layout, name: str, pcfg, input_shape: Sequence
     ``pcfg.min_one_per_layer``.
     """
     scorers.get(name)  # an unknown name fails here, not when traced
-    ctx = scorers.Context(flat_model(model)[1], tuple(input_shape), pcfg)
+    ctx = scorers.Context(models.flat(model).apply_D, tuple(input_shape), pcfg)
     exps = layer_exponents(lay, pcfg.layer_exponents)
 
     def prune(key, theta_D, density, alive_D, batch, min_one=None):
@@ -225,7 +215,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
     if collapse and not at_init:
         raise ValueError("collapse measures the at-init scorers: give at_init")
     lay = masks.model_layout(model, tuple(pcfg.prunable))
-    _, _, init_D = flat_model(model)
+    init_D = models.flat(model).init_D
     no_sub = C.subspace_config(0)
     run_train = train.make_run(model, tcfg, no_sub, n_train)
     run_ft = train.make_run(model, _with(tcfg, epochs=int(pcfg.finetune_epochs)), no_sub, n_train)
