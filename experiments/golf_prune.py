@@ -266,9 +266,7 @@ def _run_key(cfg, model_path: str) -> str:
 
 
 def _save_state(wd, key: str, p: bf.Pruned) -> None:
-    tmp = wd.file("state.tmp.npz")
-    np.savez(tmp, theta_D=p.theta_D, mask_D=p.mask_D)
-    os.replace(tmp, wd.file("state.npz"))
+    wd.save_npz("state.npz", {"theta_D": p.theta_D, "mask_D": p.mask_D})
     wd.write_json("state.json", {"key": key, "stop": p.stop, "history": p.history})
 
 
@@ -322,9 +320,7 @@ def run_compare(cfg, wd, model, params, hv, history, finetune, dat):
             finals[arm] = (theta, mask)
             wd.append_metrics({"method": arm, **r} for r in rows[arm])
     arrays = {f"{a}.{k}": v for a, (th, m) in finals.items() for k, v in (("theta", th), ("mask", m))}
-    tmp = wd.file("runs/compare.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, wd.file("runs/compare.npz"))
+    wd.save_npz("runs/compare.npz", arrays)
     wd.write_json("runs/compare.json", {"counts": counts, "arms": rows, "seconds": seconds})
     return rows, finals
 

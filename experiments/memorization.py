@@ -188,13 +188,6 @@ def _tag(f: float) -> str:
     return f"f{float(f):g}"
 
 
-def _save_array(wd: Workdir, name: str, arr) -> None:
-    target = wd.file(name)
-    tmp = target + ".tmp.npy"
-    np.save(tmp, np.asarray(arr))
-    os.replace(tmp, target)
-
-
 def _restart(ticker: EpochTicker, label: str) -> None:
     ticker.label, ticker.seen, ticker.start = label, set(), time.time()
 
@@ -305,7 +298,7 @@ class Study:
         hp = {k: np.asarray(v)[None] for k, v in train.default_hp(cfg.train).items()}
         out = jax.device_get(vectorize.vmapped(self._teacher_run, vectorize.run_keys(cfg.seeds),
                                                hp, self.dat[f]))
-        _save_array(self.wd, self.teacher_file(f), out.params[:, 0])
+        self.wd.save_npy(self.teacher_file(f), out.params[:, 0])
         ds0 = self.datasets.get(0.0)
         noise = (float(np.mean(self.datasets[f].train_y != ds0.train_y)) if ds0 is not None
                  else None)

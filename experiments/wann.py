@@ -169,10 +169,8 @@ def fingerprint(cfg) -> str:
 
 
 def save_checkpoint(wd: Workdir, pop, loglik, acc, generation: int, seconds: float, fp: str):
-    tmp = wd.file(CHECKPOINT + ".tmp.npz")
-    np.savez(tmp, **pop, loglik=loglik, acc=acc, generation=generation, seconds=seconds,
-             fingerprint=np.asarray(fp))
-    os.replace(tmp, wd.file(CHECKPOINT))  # atomic: a crash leaves the previous one
+    wd.save_npz(CHECKPOINT, dict(**pop, loglik=loglik, acc=acc, generation=generation,
+                                 seconds=seconds, fingerprint=np.asarray(fp)))
 
 
 def load_checkpoint(wd: Workdir, fp: str):
@@ -195,9 +193,7 @@ def _keep_metrics_up_to(wd: Workdir, generation: int) -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line)["generation"] <= generation]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(rows)
-    os.replace(path + ".tmp", path)
+    wd.write_text("metrics.jsonl", "".join(rows))
 
 
 def generation_row(g, pop, loglik, acc, fit, info, seconds) -> dict:
@@ -363,7 +359,7 @@ def run(cfg, workdir: str) -> dict:
     champion, index = choose_champion(cfg, pop, fit, x_val, ds.val_y)
     res = report(cfg, champion, x_tr, ds.train_y, x_val, ds.val_y, x_te, ds.test_y)
     tuned = res.pop("_tuned_params")
-    np.savez(wd.file("champion.npz"), **champion, tuned_in=tuned["in"], tuned_hid=tuned["hid"])
+    wd.save_npz("champion.npz", dict(**champion, tuned_in=tuned["in"], tuned_hid=tuned["hid"]))
 
     summary = {
         "resolution": int(inp.resolution), "deskew": bool(inp.deskew),
