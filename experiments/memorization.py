@@ -335,8 +335,9 @@ class Study:
         for r, (h_prev, h) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), start=1):
             hp = {"teacher_D": prev_D,
                   "noise": np.full(len(cfg.seeds), distill.noise_index(kind), np.int32)}
-            out = jax.device_get(distill.vmapped(self.distill_run(h_prev, h),
-                                                 _keys(cfg.seeds, KEY_DISTILL, r), hp, self.dat[f]))
+            out = jax.device_get(vectorize.vmapped(self.distill_run(h_prev, h),
+                                                   _keys(cfg.seeds, KEY_DISTILL, r), hp,
+                                                   self.dat[f], paired=True))
             prev_D = out.params
             base = {"label_fraction": f, "noise": kind, "round": r, "hidden": h,
                     "params": int(out.params.shape[1])}
@@ -359,8 +360,9 @@ class Study:
         if self._prune_run is None:
             self._prune_run = make_prune_run(self.model, cfg.finetune, self.n_train,
                                              tuple(cfg.densities), cfg.prune_mode)
-        out = jax.device_get(distill.vmapped(self._prune_run, _keys(cfg.seeds, KEY_PRUNE),
-                                             {"teacher_D": self.teacher_params(f)}, self.dat[f]))
+        out = jax.device_get(vectorize.vmapped(self._prune_run, _keys(cfg.seeds, KEY_PRUNE),
+                                               {"teacher_D": self.teacher_params(f)},
+                                               self.dat[f], paired=True))
         records, rows = [], []
         for s, seed in enumerate(cfg.seeds):
             for i, target in enumerate(cfg.densities):
