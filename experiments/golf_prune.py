@@ -86,9 +86,12 @@ from subspace_jax import export, models, plots, sweep, train
 from subspace_jax.pruning import brute_force as bf
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import procedures as P
+from subspace_jax.pruning import scorers
 from subspace_jax.errors import ConfigError
 
-METHODS = ("magnitude", "obd")
+METHODS = ("magnitude", "obd")  # the default comparison
+# Any registered scorer that selects once per level (prune_along) may be compared.
+COMPARABLE = tuple(n for n, s in scorers.REGISTRY.items() if s.rounds is None)
 # Part of every run key: a state written under another protocol is never resumed.
 PROTOCOL = "choose on the first validation half, decide on the second"
 
@@ -118,7 +121,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     cfg.finetune_seed = 0
     cfg.compare = ml_collections.ConfigDict(dict(
         methods=METHODS, points=12,  # comparison at <= points counts of the brute-force path
-        obd_hessian="gauss_newton", obd_examples=1000, obd_chunk=16))
+        obd_hessian="gauss_newton", obd_examples=1000, obd_chunk=16))  # examples: every
+    # data scorer's (OBD's, SNIP's, ...) first training images
     cfg.data = C.data_config()
     if quick:
         cfg.bootstrap.model = "golf_relu"
@@ -141,10 +145,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"config.threshold={cfg.threshold} must be in (0, 1).")
     if cfg.margin < 0 or cfg.threshold + cfg.margin > 1.0:
         raise ConfigError(f"config.margin={cfg.margin} must be >= 0 with threshold + margin <= 1.")
-    unknown = set(cfg.compare.methods) - set(METHODS)
+    unknown = set(cfg.compare.methods) - set(COMPARABLE)
     if unknown:
         raise ConfigError(f"config.compare.methods: unknown {sorted(unknown)}; valid: "
-                         f"{', '.join(METHODS)}")
+                         f"{', '.join(COMPARABLE)}")
     if cfg.model_file and cfg.golf_workdir:
         raise ConfigError(f"config.model_file={cfg.model_file!r} and config.golf_workdir="
                          f"{cfg.golf_workdir!r}: give one start model, not both.")

@@ -27,7 +27,7 @@ with the teacher's labels (real or random) and on the real test set:
   every label fraction, the others for the smallest and largest fraction
   (the noise-distribution knob);
 * magnitude pruning of the trained teacher (global over the kernels,
-  ``pruning.masks.select`` on |theta|), scored as pruned and after
+  ``pruning.procedures.one_shot`` with the magnitude scorer), scored as pruned and after
   ``finetune.epochs`` of masked fine-tuning on the teacher's training set;
 * subspace training from the teachers' own initialisation (theta0 + P omega,
   ``projection`` P, every d of ``dims`` in one program, ``subspace_fractions``

@@ -436,3 +436,12 @@ def test_golf_prune_takes_a_seed_of_a_golf_final(tmp_path):
     cfg.model_file = path
     with pytest.raises(ValueError, match="not both"):
         golf_prune.validate(cfg)
+
+
+def test_golf_prune_compares_any_registered_scorer_that_selects_once():
+    cfg = golf_prune.get_config(quick=True)
+    cfg.compare.methods = ("magnitude", "snip", "random")
+    golf_prune.validate(cfg)
+    cfg.compare.methods = ("synflow",)  # prunes in rounds: prune_along cannot follow counts
+    with pytest.raises(ValueError, match="unknown \\['synflow'\\]; valid: random, magnitude, snip"):
+        golf_prune.validate(cfg)

@@ -187,6 +187,10 @@ class Scorer(NamedTuple):
     rounds: str | None = None   # a pcfg field: prune in that many rescoring rounds (rounds_mask)
 
 
+def _grasp(ctx: Context, key, theta_D, alive_D, batch):
+    return grasp(batch_loss(ctx.apply_D, *batch, ctx.pcfg.grasp_temperature), theta_D, alive_D)
+
+
 def _obd(ctx: Context, key, theta_D, alive_D, batch):
     x, y = batch
     p = ctx.pcfg
@@ -198,16 +202,18 @@ def _obd(ctx: Context, key, theta_D, alive_D, batch):
 
 # Adding a scorer: its function above and one line here (the order is pruning_compare's).
 REGISTRY: dict[str, Scorer] = {
-    "random": Scorer(lambda ctx, key, th, alive, b: random(key, th), False, True, False),
-    "magnitude": Scorer(lambda ctx, key, th, alive, b: magnitude(th), False, True, True),
+    "random": Scorer(lambda ctx, key, th, alive, b: random(key, th),
+                     needs_batch=False, at_init=True, after_training=False),
+    "magnitude": Scorer(lambda ctx, key, th, alive, b: magnitude(th),
+                        needs_batch=False, at_init=True, after_training=True),
     "snip": Scorer(lambda ctx, key, th, alive, b: snip(batch_loss(ctx.apply_D, *b), th, alive),
-                   True, True, False),
-    "grasp": Scorer(lambda ctx, key, th, alive, b: grasp(
-        batch_loss(ctx.apply_D, *b, ctx.pcfg.grasp_temperature), th, alive), True, True, False),
+                   needs_batch=True, at_init=True, after_training=False),
+    "grasp": Scorer(_grasp, needs_batch=True, at_init=True, after_training=False),
     "synflow": Scorer(lambda ctx, key, th, alive, b: synflow(ctx.apply_D, th, alive,
                                                              ctx.input_shape),
-                      False, True, False, rounds="synflow_rounds"),
-    "obd": Scorer(_obd, True, False, True),
+                      needs_batch=False, at_init=True, after_training=False,
+                      rounds="synflow_rounds"),
+    "obd": Scorer(_obd, needs_batch=True, at_init=False, after_training=True),
 }
 
 
