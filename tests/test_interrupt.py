@@ -143,6 +143,9 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path):
     assert open(wd.file("t.txt")).read() == "old\n"
     assert sorted(os.listdir(tmp_path / "runs")) == ["a.npz"]  # no temporary file left
     assert sorted(os.listdir(tmp_path)) == ["runs", "t.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(wd.file("t.txt")).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     wd.save_npz("m.npz", {"m": np.ones(4, bool)}, compressed=True)
     with np.load(wd.file("m.npz")) as z:
         assert z["m"].all()
