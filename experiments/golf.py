@@ -365,7 +365,7 @@ def exported_count(model: models.Model) -> int:
 def exported(model: models.Model, theta_D, train_x) -> tuple[models.Model, dict]:
     """(Model, NumPy params) of the exported network of a kept flat vector: with
     batch norm, folded on the statistics ``train.make_run`` evaluated with."""
-    params = unflatten(model, theta_D)
+    params = models.unflatten(model, theta_D)
     if not models.has_bn(model.arch):
         return model, params
     n = min(int(train.OPTIONS["bn_calib"]), len(train_x))
@@ -684,14 +684,6 @@ def search(cfg, wd: Workdir, data, runs: _Runs) -> list[dict]:
 
 
 # ---------------------------------------------------------------- final
-def unflatten(model: models.Model, theta_D) -> dict:
-    """Flat params (as ``train`` keeps them, ``ravel_pytree`` order) -> the
-    nested dict of NumPy arrays ``apply`` takes; no JAX op runs."""
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(model.init, jax.random.key(0)))
-    parts = np.split(np.asarray(theta_D, np.float32), np.cumsum([x.size for x in leaves])[:-1])
-    return jax.tree.unflatten(treedef, [p.reshape(x.shape) for p, x in zip(parts, leaves)])
-
-
 def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     """The best trial's recipe with ``final_seeds`` new seeds (resumable)."""
     seeds = list(range(int(cfg.final_seeds)))

@@ -90,9 +90,12 @@ from subspace_jax import export, models, plots, sweep, train
 from subspace_jax.pruning import brute_force as bf
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import procedures as P
+from subspace_jax.pruning import scorers
 from subspace_jax.errors import ConfigError
 
-METHODS = ("magnitude", "obd")
+METHODS = ("magnitude", "obd")  # the default comparison
+# Any registered scorer that selects once per level (prune_along) may be compared.
+COMPARABLE = tuple(n for n, s in scorers.REGISTRY.items() if s.rounds is None)
 # Part of every run key: a state written under another protocol is never resumed.
 PROTOCOL = "choose on the first validation half, decide on the second"
 
@@ -122,7 +125,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     cfg.finetune_seed = 0
     cfg.compare = ml_collections.ConfigDict(dict(
         methods=METHODS, points=12,  # comparison at <= points counts of the brute-force path
-        obd_hessian="gauss_newton", obd_examples=1000, obd_chunk=16))
+        obd_hessian="gauss_newton", obd_examples=1000, obd_chunk=16))  # examples: every
+    # data scorer's (OBD's, SNIP's, ...) first training images
     cfg.data = C.data_config()
     if quick:
         cfg.bootstrap.model = "golf_relu"
@@ -145,10 +149,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"config.threshold={cfg.threshold} must be in (0, 1).")
     if cfg.margin < 0 or cfg.threshold + cfg.margin > 1.0:
         raise ConfigError(f"config.margin={cfg.margin} must be >= 0 with threshold + margin <= 1.")
-    unknown = set(cfg.compare.methods) - set(METHODS)
+    unknown = set(cfg.compare.methods) - set(COMPARABLE)
     if unknown:
         raise ConfigError(f"config.compare.methods: unknown {sorted(unknown)}; valid: "
-                         f"{', '.join(METHODS)}")
+                         f"{', '.join(COMPARABLE)}")
     if cfg.model_file and cfg.golf_workdir:
         raise ConfigError(f"config.model_file={cfg.model_file!r} and config.golf_workdir="
                          f"{cfg.golf_workdir!r}: give one start model, not both.")
@@ -243,7 +247,7 @@ def start_model(cfg, wd, dat: train.Data):
                                   learning_rate=float(cfg.bootstrap.learning_rate))
             run = train.make_run(model, tcfg, C.subspace_config(0), int(dat.train_x.shape[0]))
             res = jax.jit(run)(key, train.default_hp(tcfg), dat)
-            params = P.flat_model(model)[0](res.params)
+            params = models.flat(model).unravel(res.params)
             how = (f"trained {model.name} for {tcfg.epochs} epoch(s), val acc "
                    f"{100 * float(res.final['val_acc']):.2f}%")
         else:  # random init, e.g. for a test that must not pay for compiling a training
@@ -274,9 +278,7 @@ def _run_key(cfg, model_path: str) -> str:
 
 
 def _save_state(wd, key: str, p: bf.Pruned) -> None:
-    tmp = wd.file("state.tmp.npz")
-    np.savez(tmp, theta_D=p.theta_D, mask_D=p.mask_D)
-    os.replace(tmp, wd.file("state.npz"))
+    wd.save_npz("state.npz", {"theta_D": p.theta_D, "mask_D": p.mask_D})
     wd.write_json("state.json", {"key": key, "stop": p.stop, "history": p.history})
 
 
@@ -313,11 +315,11 @@ def run_compare(cfg, wd, model, params, hv, history, finetune, dat):
             return done["arms"], finals
     theta0 = np.asarray(ravel_pytree(params)[0], np.float32)
     mask0 = bf.start_mask(theta0, hv.lay)  # the brute-force path's start
-    scores = {"magnitude": bf.magnitude_score}
-    if "obd" in cfg.compare.methods:
-        n = min(int(cfg.compare.obd_examples), int(dat.train_x.shape[0]))
-        scores["obd"] = bf.make_obd_score(model.apply, params, dat.train_x[:n], dat.train_y[:n],
-                                          cfg.compare.obd_hessian, int(cfg.compare.obd_chunk))
+    n = min(int(cfg.compare.obd_examples), int(dat.train_x.shape[0]))
+    pcfg = P.prune_config(obd_hessian=cfg.compare.obd_hessian,
+                          hessian_chunk=int(cfg.compare.obd_chunk))
+    scores = {m: bf.make_score(m, model.apply, params, dat.train_x[:n], dat.train_y[:n], pcfg)
+              for m in cfg.compare.methods}
     rows, finals, seconds = {}, {}, {}
     for method in cfg.compare.methods:
         for tuned in ((False, True) if finetune is not None else (False,)):
@@ -330,9 +332,7 @@ def run_compare(cfg, wd, model, params, hv, history, finetune, dat):
             finals[arm] = (theta, mask)
             wd.append_metrics({"method": arm, **r} for r in rows[arm])
     arrays = {f"{a}.{k}": v for a, (th, m) in finals.items() for k, v in (("theta", th), ("mask", m))}
-    tmp = wd.file("runs/compare.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, wd.file("runs/compare.npz"))
+    wd.save_npz("runs/compare.npz", arrays)
     wd.write_json("runs/compare.json", {"counts": counts, "arms": rows, "seconds": seconds})
     return rows, finals
 

@@ -29,7 +29,7 @@ Writes into the workdir:
     class x feature.
   * ``ascent_<layer>.png`` for every conv layer (one image per channel) and
     ``ascent_logits.png`` (one per class): feature visualisation by gradient
-    ascent on the input (``subspace_jax/interpret.py``): maximise a channel's
+    ascent on the input (``subspace_jax/inspection.py``): maximise a channel's
     pre-activation at the centre position (or its spatial mean with
     ``ascent_where=mean``), or a logit, divided by its standard deviation
     over validation images, with L2 decay towards grey, random 1-pixel
@@ -56,7 +56,7 @@ import optax
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import data, export, interpret, models, plots, train
+from subspace_jax import data, export, inspection, models, plots, train
 from subspace_jax.workdir import Workdir
 from subspace_jax.errors import ConfigError
 
@@ -97,9 +97,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
 def validate(cfg) -> None:
     checks.common(cfg)
     checks.mnist_only(cfg, "interpret")
-    if cfg.ascent_where not in interpret.WHERES:
+    if cfg.ascent_where not in inspection.WHERES:
         raise ConfigError(f"config.ascent_where={cfg.ascent_where!r}; valid: "
-                          f"{', '.join(interpret.WHERES)}.")
+                          f"{', '.join(inspection.WHERES)}.")
     if (cfg.ascent_steps < 1 or cfg.ascent_lr <= 0 or cfg.ascent_l2 < 0 or cfg.ascent_blur < 0
             or cfg.ascent_blur_every < 1 or cfg.ascent_jitter < 0):
         raise ConfigError("config.ascent_steps >= 1, ascent_lr > 0, ascent_l2 >= 0, "
@@ -117,10 +117,10 @@ def validate(cfg) -> None:
                           f"{cfg.ascent_scale_images} >= 0, eval_chunk={cfg.eval_chunk} >= 1.")
 
 
-def ascent_settings(cfg) -> interpret.Ascent:
-    return interpret.Ascent(steps=cfg.ascent_steps, lr=cfg.ascent_lr, l2=cfg.ascent_l2,
-                            blur=cfg.ascent_blur, blur_every=cfg.ascent_blur_every,
-                            jitter=cfg.ascent_jitter, where=cfg.ascent_where)
+def ascent_settings(cfg) -> inspection.Ascent:
+    return inspection.Ascent(steps=cfg.ascent_steps, lr=cfg.ascent_lr, l2=cfg.ascent_l2,
+                             blur=cfg.ascent_blur, blur_every=cfg.ascent_blur_every,
+                             jitter=cfg.ascent_jitter, where=cfg.ascent_where)
 
 
 def load(model_file: str) -> tuple[models.Model, dict, dict]:
@@ -133,7 +133,7 @@ def load(model_file: str) -> tuple[models.Model, dict, dict]:
     try:
         desc, _ = export.load(model_file)
         model, params = export.load_model(model_file)
-        interpret.check_classifier(model.arch)
+        inspection.check_classifier(model.arch)
     except Exception as e:  # not an npz, no arch entry, unknown layer kind, ...
         raise ConfigError(f"config.model_file={model_file!r} is not a usable exported model "
                           f"({type(e).__name__}: {e}); {valid}.") from e
@@ -310,10 +310,10 @@ def run(cfg, workdir: str) -> dict:
     # 1. First layer's channel maps on one validation digit per class.
     rows = [int(np.flatnonzero(ds.val_y == k)[0]) for k in range(cfg.sample_digits)
             if np.any(ds.val_y == k)]
-    shapes = interpret.output_shapes(arch, params)
+    shapes = inspection.output_shapes(arch, params)
     if len(shapes[0]) == 3 and rows:
         x_R = ds.val_x[rows]
-        maps = interpret.per_image(interpret.first_layer_maps, arch, params, x_R, cfg.eval_chunk)
+        maps = inspection.per_image(inspection.first_layer_maps, arch, params, x_R, cfg.eval_chunk)
         wd.save_figure(first_layer_figure(x_R, ds.val_y[rows], maps, mean, std), "first_layer.png")
         figures.append("first_layer.png")
         summary["first_layer_digits"] = {"val_index": rows, "label": ds.val_y[rows]}
@@ -322,12 +322,12 @@ def run(cfg, workdir: str) -> dict:
 
     # 2. Per-class means of the final features (validation split), last layer's weights.
     n_feat = cfg.feature_images or len(ds.val_y)
-    cm = interpret.class_feature_means(arch, params, ds.val_x[:n_feat], ds.val_y[:n_feat],
-                                       ds.num_classes, cfg.eval_chunk)
+    cm = inspection.class_feature_means(arch, params, ds.val_x[:n_feat], ds.val_y[:n_feat],
+                                        ds.num_classes, cfg.eval_chunk)
     means_KxF = cm["means_KxF"]
-    last = interpret.check_classifier(arch)
+    last = inspection.check_classifier(arch)
     w_KxF = np.asarray(params[last["name"]]["w"]).T
-    hwc = interpret.feature_map_shape(arch, params)
+    hwc = inspection.feature_map_shape(arch, params)
     wd.save_figure(heatmap_figure(
         means_KxF, f"mean final feature per class ({n_feat} validation images)", "mean activation",
         diverging=bool(np.nanmin(means_KxF) < 0), hwc=hwc), "class_feature_means.png")
@@ -343,7 +343,8 @@ def run(cfg, workdir: str) -> dict:
                                           for m, n in zip(means_KxF, cm["counts_K"])])
 
     # 3. Feature visualisation: every conv(-like) layer's channels, then the logits.
-    targets = [(n, arch["layers"][n]["name"], "ch") for n in interpret.visualisable_layers(arch, params)]
+    targets = [(n, arch["layers"][n]["name"], "ch")
+               for n in inspection.visualisable_layers(arch, params)]
     targets.append((len(arch["layers"]) - 1, "logits", "class"))
     asc = ascent_settings(cfg)
     key = jax.random.key(cfg.seed)
@@ -355,9 +356,9 @@ def run(cfg, workdir: str) -> dict:
         # the same for a weak and a strong model, a small and a large activation. The
         # first layer is one linear filter: its optimum is the sign pattern of its
         # weights, which a shift of even one pixel would blur (its field is a few pixels).
-        out = interpret.visualise_layer(arch, params, jax.random.fold_in(key, n), n,
-                                        shapes[n][-1], asc._replace(jitter=0) if n == 0 else asc,
-                                        mean, std, x_scale)
+        out = inspection.visualise_layer(arch, params, jax.random.fold_in(key, n), n,
+                                         shapes[n][-1], asc._replace(jitter=0) if n == 0 else asc,
+                                         mean, std, x_scale)
         scale_U = out["scale"]
         what = ("logit" if name == "logits" else f"{cfg.ascent_where} " + (
             "pre-activation" if arch["layers"][n]["kind"] == "conv" else "output"))

@@ -46,7 +46,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from subspace_jax import checks
 from subspace_jax import config as C
@@ -177,8 +176,7 @@ def export_ticket(cfg, wd, uid: str, row: dict, ds) -> dict:
     mask_D = named[f"imp/rewind{k}"][0, lr_row, level]
     if np.any(theta_D[mask_D == 0] != 0):
         raise AssertionError("a pruned weight of the ticket is not zero")
-    _, unravel = ravel_pytree(model.init(jax.random.key(0)))  # structure only
-    desc = export.export_model(wd.file("ticket.npz"), model, unravel(jnp.asarray(theta_D)))
+    desc = export.export_model(wd.file("ticket.npz"), model, models.unflatten(model, theta_D))
     rep = masks.report(np.asarray(masks.leaf_counts(jnp.asarray(mask_D), lay)), lay,
                        masks.flops_per_weight(model, ds.train_x.shape[1:]))
     text = (f"Ticket: {cfg.model}, seed {cfg.seeds[0]}, imp/rewind{k}, level {level + 1} "

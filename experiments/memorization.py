@@ -27,7 +27,7 @@ with the teacher's labels (real or random) and on the real test set:
   every label fraction, the others for the smallest and largest fraction
   (the noise-distribution knob);
 * magnitude pruning of the trained teacher (global over the kernels,
-  ``pruning.masks.select`` on |theta|), scored as pruned and after
+  ``pruning.procedures.one_shot`` with the magnitude scorer), scored as pruned and after
   ``finetune.epochs`` of masked fine-tuning on the teacher's training set;
 * subspace training from the teachers' own initialisation (theta0 + P omega,
   ``projection`` P, every d of ``dims`` in one program, ``subspace_fractions``
@@ -79,7 +79,8 @@ from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, distill, models, report, subspace, sweep, train, vectorize
 from subspace_jax import plots  # noqa: F401  (selects the headless Agg backend first)
-from subspace_jax.pruning import masks, scorers
+from subspace_jax.pruning import masks
+from subspace_jax.pruning import procedures as P
 from subspace_jax.workdir import EpochTicker, Workdir
 from subspace_jax.errors import ConfigError
 
@@ -187,13 +188,6 @@ def _tag(f: float) -> str:
     return f"f{float(f):g}"
 
 
-def _save_array(wd: Workdir, name: str, arr) -> None:
-    target = wd.file(name)
-    tmp = target + ".tmp.npy"
-    np.save(tmp, np.asarray(arr))
-    os.replace(tmp, target)
-
-
 def _restart(ticker: EpochTicker, label: str) -> None:
     ticker.label, ticker.seen, ticker.start = label, set(), time.time()
 
@@ -228,19 +222,21 @@ def _chains(cfg) -> list[tuple[float, str]]:
 def make_prune_run(model, ft_cfg, n_train: int, densities, mode: str):
     """``run(key, hp, data)``: magnitude-prune ``hp['teacher_D']`` to every density
     (global over the kernels), score as pruned, then fine-tune each mask."""
-    lay = masks.model_layout(model)
-    unravel, _ = distill.flat(model)
-    apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
+    pcfg = P.prune_config(mode=mode)
+    lay = masks.model_layout(model, tuple(pcfg.prunable))
+    apply_D = models.flat(model).apply_D
+    prune = P.make_pruner(model, lay, "magnitude", pcfg, ())  # needs no data or input shape
     finetune = train.make_run(model, ft_cfg, C.subspace_config(0), n_train)
     dens_L = jnp.asarray(densities, jnp.float32)
     prunable_D = jnp.concatenate([jnp.full(s, p, jnp.float32)
                                   for s, p in zip(lay.sizes, lay.prunable)])
     chunk = int(ft_cfg.eval_chunk)
+    ones_D = jnp.ones(lay.D, jnp.float32)
 
     def run(key, hp, data):
         theta_D = hp["teacher_D"]
-        score_D = scorers.magnitude(theta_D)
-        masks_LxD = jax.vmap(lambda d: masks.select(score_D, lay, d, mode))(dens_L)
+        masks_LxD, res = P.one_shot(prune, finetune, key, key, train.default_hp(ft_cfg), data,
+                                    theta_D, ones_D, dens_L)
 
         def pruned(mask_D):
             w_D = theta_D * mask_D
@@ -248,8 +244,6 @@ def make_prune_run(model, ft_cfg, n_train: int, densities, mode: str):
                     train.evaluate(apply_D, w_D, data.test_x, data.test_y, chunk)[1])
 
         pruned_train_L, pruned_test_L = jax.vmap(pruned)(masks_LxD)
-        thp = {**train.default_hp(ft_cfg), "theta_init": theta_D}
-        res = jax.vmap(lambda m: finetune(key, {**thp, "mask": m}, data))(masks_LxD)
         return {"density": (masks_LxD * prunable_D).sum(-1) / lay.n_prunable,
                 "nonzero": masks_LxD.sum(-1),
                 "pruned_train_acc": pruned_train_L, "pruned_test_acc": pruned_test_L,
@@ -304,7 +298,7 @@ class Study:
         hp = {k: np.asarray(v)[None] for k, v in train.default_hp(cfg.train).items()}
         out = jax.device_get(vectorize.vmapped(self._teacher_run, vectorize.run_keys(cfg.seeds),
                                                hp, self.dat[f]))
-        _save_array(self.wd, self.teacher_file(f), out.params[:, 0])
+        self.wd.save_npy(self.teacher_file(f), out.params[:, 0])
         ds0 = self.datasets.get(0.0)
         noise = (float(np.mean(self.datasets[f].train_y != ds0.train_y)) if ds0 is not None
                  else None)
@@ -341,8 +335,9 @@ class Study:
         for r, (h_prev, h) in enumerate(zip(self.sizes[:-1], self.sizes[1:]), start=1):
             hp = {"teacher_D": prev_D,
                   "noise": np.full(len(cfg.seeds), distill.noise_index(kind), np.int32)}
-            out = jax.device_get(distill.vmapped(self.distill_run(h_prev, h),
-                                                 _keys(cfg.seeds, KEY_DISTILL, r), hp, self.dat[f]))
+            out = jax.device_get(vectorize.vmapped(self.distill_run(h_prev, h),
+                                                   _keys(cfg.seeds, KEY_DISTILL, r), hp,
+                                                   self.dat[f], paired=True))
             prev_D = out.params
             base = {"label_fraction": f, "noise": kind, "round": r, "hidden": h,
                     "params": int(out.params.shape[1])}
@@ -365,8 +360,9 @@ class Study:
         if self._prune_run is None:
             self._prune_run = make_prune_run(self.model, cfg.finetune, self.n_train,
                                              tuple(cfg.densities), cfg.prune_mode)
-        out = jax.device_get(distill.vmapped(self._prune_run, _keys(cfg.seeds, KEY_PRUNE),
-                                             {"teacher_D": self.teacher_params(f)}, self.dat[f]))
+        out = jax.device_get(vectorize.vmapped(self._prune_run, _keys(cfg.seeds, KEY_PRUNE),
+                                               {"teacher_D": self.teacher_params(f)},
+                                               self.dat[f], paired=True))
         records, rows = [], []
         for s, seed in enumerate(cfg.seeds):
             for i, target in enumerate(cfg.densities):

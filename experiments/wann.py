@@ -3,7 +3,7 @@
     python launch.py --experiment=wann          # default; est. ~45-60 min, see below
     python launch.py --experiment=wann --quick  # smoke run, ~15 s on 2 CPU cores
 
-Genomes are fixed-size masks (``subspace_jax.wann``): up to ``max_hidden``
+Genomes are fixed-size masks (``subspace_jax.wann_search``): up to ``max_hidden``
 hidden nodes between the 256 (+1 bias) inputs and 10 linear outputs, every
 connection carrying the same weight. Each generation the whole population is
 evaluated in one vmapped program at the shared weights {-2, -1, -0.5, 0.5, 1,
@@ -63,7 +63,7 @@ import numpy as np
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import data, wann
+from subspace_jax import data, wann_search
 from subspace_jax import wann_plots as plots
 from subspace_jax.workdir import Workdir, to_jsonable
 from subspace_jax.errors import ConfigError
@@ -93,7 +93,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
         generations=1024,
         max_hidden=64,
         p_init_enable=0.05,      # input->output connections on at generation 1
-        shared_weights=wann.SHARED_WEIGHTS,
+        shared_weights=wann_search.SHARED_WEIGHTS,
         fitness="loglik",        # loglik | accuracy (on the training batch)
         fitness_batch=1000,      # fresh random training images every generation
         p_connection_objective=0.8,
@@ -169,10 +169,8 @@ def fingerprint(cfg) -> str:
 
 
 def save_checkpoint(wd: Workdir, pop, loglik, acc, generation: int, seconds: float, fp: str):
-    tmp = wd.file(CHECKPOINT + ".tmp.npz")
-    np.savez(tmp, **pop, loglik=loglik, acc=acc, generation=generation, seconds=seconds,
-             fingerprint=np.asarray(fp))
-    os.replace(tmp, wd.file(CHECKPOINT))  # atomic: a crash leaves the previous one
+    wd.save_npz(CHECKPOINT, dict(**pop, loglik=loglik, acc=acc, generation=generation,
+                                 seconds=seconds, fingerprint=np.asarray(fp)))
 
 
 def load_checkpoint(wd: Workdir, fp: str):
@@ -184,7 +182,7 @@ def load_checkpoint(wd: Workdir, fp: str):
             raise ValueError(f"{wd.file(CHECKPOINT)} comes from a different config (only "
                              "generations, checkpointing, logging, report and tune fields may "
                              "change on resume); use a fresh --workdir.")
-        pop = {k: z[k] for k in wann.KEYS}
+        pop = {k: z[k] for k in wann_search.KEYS}
         return pop, z["loglik"], z["acc"], int(z["generation"]), float(z["seconds"])
 
 
@@ -195,14 +193,12 @@ def _keep_metrics_up_to(wd: Workdir, generation: int) -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line)["generation"] <= generation]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(rows)
-    os.replace(path + ".tmp", path)
+    wd.write_text("metrics.jsonl", "".join(rows))
 
 
 def generation_row(g, pop, loglik, acc, fit, info, seconds) -> dict:
-    genomes = wann.unstack(pop)
-    conns = np.asarray([wann.n_connections(x) for x in genomes])
+    genomes = wann_search.unstack(pop)
+    conns = np.asarray([wann_search.n_connections(x) for x in genomes])
     hidden = pop["node_on"].sum(1)
     best = int(np.argmax(fit.mean(1)))
     return {"generation": g, "objective": info["objective"], "mutations": info["mutations"],
@@ -223,8 +219,9 @@ def evolve(cfg, wd: Workdir, x_NxI: np.ndarray, y_N: np.ndarray):
              "add_connection": e.p_add_connection, "reenable": e.p_reenable}
     ckpt = load_checkpoint(wd, fp)
     if ckpt is None:
-        pop = wann.init_population(_rng(cfg.seed, 0, "init"), int(e.population), x_NxI.shape[1],
-                                   int(e.max_hidden), 10, float(e.p_init_enable))
+        pop = wann_search.init_population(_rng(cfg.seed, 0, "init"), int(e.population),
+                                          x_NxI.shape[1], int(e.max_hidden), 10,
+                                          float(e.p_init_enable))
         loglik = acc = None
         done, seconds = 0, 0.0
         _keep_metrics_up_to(wd, 0)
@@ -242,7 +239,7 @@ def evolve(cfg, wd: Workdir, x_NxI: np.ndarray, y_N: np.ndarray):
             info = {"objective": "init", "mutations": {}}
         else:
             fit = loglik if e.fitness == "loglik" else acc
-            pop, info = wann.next_generation(
+            pop, info = wann_search.next_generation(
                 pop, fit, _rng(cfg.seed, g, "evolve"),
                 p_connection_objective=float(e.p_connection_objective),
                 elite_ratio=float(e.elite_ratio), cull_ratio=float(e.cull_ratio),
@@ -250,8 +247,8 @@ def evolve(cfg, wd: Workdir, x_NxI: np.ndarray, y_N: np.ndarray):
         n = len(y_N)
         idx = (np.sort(_rng(cfg.seed, g, "batch").choice(n, int(e.fitness_batch), replace=False))
                if int(e.fitness_batch) < n else np.arange(n))
-        loglik, acc = wann.evaluate_population(pop, weights, x_NxI[idx], y_N[idx],
-                                               int(e.eval_chunk))
+        loglik, acc = wann_search.evaluate_population(pop, weights, x_NxI[idx], y_N[idx],
+                                                      int(e.eval_chunk))
         fit = loglik if e.fitness == "loglik" else acc
         row = generation_row(g, pop, loglik, acc, fit, info, time.time() - t0)
         wd.append_metrics([row])
@@ -273,8 +270,8 @@ def choose_champion(cfg, pop, fit_PxW, x_val, y_val):
     e = cfg.evolution
     cand = np.argsort(-fit_PxW.mean(1), kind="stable")[:int(e.val_candidates)]
     sub = {k: v[cand] for k, v in pop.items()}
-    _, val_acc = wann.evaluate_population(sub, np.asarray(e.shared_weights, np.float32),
-                                          x_val, y_val, int(e.eval_chunk))
+    _, val_acc = wann_search.evaluate_population(sub, np.asarray(e.shared_weights, np.float32),
+                                                 x_val, y_val, int(e.eval_chunk))
     best = int(np.argmax(val_acc.mean(1)))
     return {k: v[cand[best]] for k, v in pop.items()}, int(cand[best])
 
@@ -286,11 +283,11 @@ def report(cfg, champion, x_tr, y_tr, x_val, y_val, x_te, y_te) -> dict:
                      .astype(np.float32))
     draws = _rng(cfg.seed, 0, "report").uniform(-r.random_range, r.random_range,
                                                 int(r.random_draws)).astype(np.float32)
-    val_logits = wann.genome_logits(champion, np.concatenate([grid, shared]), x_val)
-    test_logits = wann.genome_logits(champion, np.concatenate([grid, shared, draws]), x_te)
+    val_logits = wann_search.genome_logits(champion, np.concatenate([grid, shared]), x_val)
+    test_logits = wann_search.genome_logits(champion, np.concatenate([grid, shared, draws]), x_te)
     ng, ns = len(grid), len(shared)
-    val_grid = wann.accuracy_per_weight(val_logits[:ng], y_val)
-    test_all = wann.accuracy_per_weight(test_logits, y_te)
+    val_grid = wann_search.accuracy_per_weight(val_logits[:ng], y_val)
+    test_all = wann_search.accuracy_per_weight(test_logits, y_te)
     test_grid, test_shared, test_draws = test_all[:ng], test_all[ng:ng + ns], test_all[ng + ns:]
     chosen = int(np.argmax(val_grid))
     out = {
@@ -301,18 +298,18 @@ def report(cfg, champion, x_tr, y_tr, x_val, y_val, x_te, y_te) -> dict:
         "random_weight_draws": len(draws),
         "best_weight": grid[chosen], "best_weight_val_acc": val_grid[chosen],
         "best_weight_test_acc": test_grid[chosen],
-        "ensemble_val_acc": (wann.ensemble_vote(val_logits[ng:]) == y_val).mean(),
-        "ensemble_test_acc": (wann.ensemble_vote(test_logits[ng:ng + ns]) == y_te).mean(),
+        "ensemble_val_acc": (wann_search.ensemble_vote(val_logits[ng:]) == y_val).mean(),
+        "ensemble_test_acc": (wann_search.ensemble_vote(test_logits[ng:ng + ns]) == y_te).mean(),
     }
     t0 = time.time()
-    small = wann.truncate_hidden(champion, wann.n_hidden_used(champion))
+    small = wann_search.truncate_hidden(champion, wann_search.n_hidden_used(champion))
     t = cfg.tune
-    params, losses = wann.tune_weights(
+    params, losses = wann_search.tune_weights(
         small, jnp.float32(grid[chosen]), jnp.asarray(x_tr), jnp.asarray(y_tr),
         jax.random.fold_in(jax.random.key(int(cfg.seed)), 1), jnp.float32(t.learning_rate),
         steps=int(t.steps), batch_size=int(t.batch_size))
-    out["tuned_val_acc"] = wann.weighted_accuracy(small, params, x_val, y_val)
-    out["tuned_test_acc"] = wann.weighted_accuracy(small, params, x_te, y_te)
+    out["tuned_val_acc"] = wann_search.weighted_accuracy(small, params, x_val, y_val)
+    out["tuned_test_acc"] = wann_search.weighted_accuracy(small, params, x_te, y_te)
     out["tune_first_last_loss"] = [float(losses[0]), float(losses[-1])]
     out["tune_seconds"] = time.time() - t0
     out["_tuned_params"] = jax.device_get(params)
@@ -351,8 +348,8 @@ def run(cfg, workdir: str) -> dict:
     t_start = time.time()
     ds = data.from_config(cfg.data)
     inp = cfg.input
-    prep = lambda x: wann.prepare_inputs(x, int(inp.resolution), bool(inp.deskew),  # noqa: E731
-                                         bool(inp.bias), data.MEAN, data.STD)
+    prep = lambda x: wann_search.prepare_inputs(  # noqa: E731
+        x, int(inp.resolution), bool(inp.deskew), bool(inp.bias), data.MEAN, data.STD)
     x_tr, x_val, x_te = prep(ds.train_x), prep(ds.val_x), prep(ds.test_x)
     print(f"data: {ds.summary()}; inputs {x_tr.shape[1]} "
           f"({inp.resolution}x{inp.resolution}{', deskewed' if inp.deskew else ''}"
@@ -363,17 +360,18 @@ def run(cfg, workdir: str) -> dict:
     champion, index = choose_champion(cfg, pop, fit, x_val, ds.val_y)
     res = report(cfg, champion, x_tr, ds.train_y, x_val, ds.val_y, x_te, ds.test_y)
     tuned = res.pop("_tuned_params")
-    np.savez(wd.file("champion.npz"), **champion, tuned_in=tuned["in"], tuned_hid=tuned["hid"])
+    wd.save_npz("champion.npz", dict(**champion, tuned_in=tuned["in"], tuned_hid=tuned["hid"]))
 
     summary = {
         "resolution": int(inp.resolution), "deskew": bool(inp.deskew),
         "population": int(cfg.evolution.population), "generations": int(cfg.evolution.generations),
         "fitness": cfg.evolution.fitness, "evolution_seconds": evo_seconds,
-        "champion_index": index, "connections": wann.n_connections(champion),
-        "hidden_nodes": wann.n_hidden_used(champion),
-        "inputs_used": int((champion["in_conn"] == wann.ON).any(1).sum()),
-        "activations": {name: int((champion["act"][:wann.n_hidden_used(champion)] == a).sum())
-                        for a, name in enumerate(wann.ACTIVATIONS)},
+        "champion_index": index, "connections": wann_search.n_connections(champion),
+        "hidden_nodes": wann_search.n_hidden_used(champion),
+        "inputs_used": int((champion["in_conn"] == wann_search.ON).any(1).sum()),
+        "activations": {
+            name: int((champion["act"][:wann_search.n_hidden_used(champion)] == a).sum())
+            for a, name in enumerate(wann_search.ACTIVATIONS)},
         "tune_steps": int(cfg.tune.steps), **res, "published": PUBLISHED,
         "invocation_seconds": time.time() - t_start,  # this call only, not resumed ones
     }

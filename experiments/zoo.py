@@ -26,10 +26,8 @@ learning rate, in the format of ``subspace_jax/export.py`` (check with
 from __future__ import annotations
 
 
-import jax
 import ml_collections
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from subspace_jax import checks
 from subspace_jax import config as C
@@ -99,11 +97,10 @@ def units_for(cfg, wd, ds, dat):
 def export_seed0(wd, name: str, uid: str, records: list[dict], chosen_lr: float, ds) -> dict:
     """Writes ``<name>.npz`` from seed 0's params at the chosen learning rate."""
     model = models.for_data(name, ds)
-    _, unravel = ravel_pytree(model.init(jax.random.key(0)))  # only the structure is used
     lrs = [r["learning_rate"] for r in records if r["seed"] == 0]  # row order of the unit
     row = int(np.argmin(np.abs(np.asarray(lrs, float) - chosen_lr)))
     theta_D = np.load(wd.file(_theta_file(uid)))[row]
-    return export.export_model(wd.file(f"{name}.npz"), model, unravel(theta_D))
+    return export.export_model(wd.file(f"{name}.npz"), model, models.unflatten(model, theta_D))
 
 
 def figure(table: dict, subtitle: str):

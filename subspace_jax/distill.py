@@ -3,8 +3,9 @@
 ``make_distill_run(teacher, student, dcfg)`` returns ``run(key, hp, data)``
 for ONE distillation (one teacher, one student size, one key); ``hp`` holds
 the teacher's flat parameters ``hp['teacher_D']`` (and optionally a
-``learning_rate`` and the noise kind), so ``vmapped`` runs many seeds, each
-with its own teacher, in one compiled program.
+``learning_rate`` and the noise kind), so ``vectorize.vmapped(...,
+paired=True)`` runs many seeds, each with its own teacher, in one compiled
+program.
 
 The inputs are never real images: a *noise set* of ``dcfg.noise_size``
 examples (MNIST's 60,000 by default) whose example i is a pure function of
@@ -39,20 +40,18 @@ agrees with the teacher's argmax there; at the end also on the real test set.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from jax import lax
-from jax.flatten_util import ravel_pytree
 from jax.scipy.special import ndtr
 
 from subspace_jax import config as C
 from subspace_jax import data as data_lib
-from subspace_jax import train
+from subspace_jax import models, train
 from subspace_jax.errors import ConfigError
 from subspace_jax.models import Model
 
@@ -156,13 +155,6 @@ def score(s_apply, w_D, t_apply, x, y_N, chunk: int):
     return tuple(total_3 / x.shape[0])
 
 
-def flat(model: Model):
-    """``(unravel, init_D)`` for the model's flat parameter vector."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
-    return unravel, lambda key: ravel_pytree(model.init(key))[0]
-
-
 # ---------------------------------------------------------------- one run
 def make_distill_run(teacher: Model, student: Model, dcfg):
     """Builds ``run(key, hp, data) -> Distilled`` for one distillation.
@@ -204,8 +196,8 @@ def make_distill_run(teacher: Model, student: Model, dcfg):
         raise ValueError(f"distill epochs={dcfg.epochs} must be >= 1.")
     steps_per_epoch, epochs = n_noise // batch, int(dcfg.epochs)
     chunk, probe_size = int(dcfg.eval_chunk), int(dcfg.probe_size)
-    t_unravel, _ = flat(teacher)
-    s_unravel, s_init_D = flat(student)
+    t_unravel = models.flat(teacher).unravel
+    s_unravel, _, s_init_D = models.flat(student)
 
     def run(key, hp, data: train.Data) -> Distilled:
         k_init, k_noise, k_order, k_probe = (jax.random.fold_in(key, i) for i in range(4))
@@ -258,29 +250,6 @@ def make_distill_run(teacher: Model, student: Model, dcfg):
         return Distilled(history, final, w_D)
 
     return run
-
-
-# ---------------------------------------------------------------- many runs
-@functools.lru_cache(maxsize=None)
-def _compiled(run):
-    # Seeds and teachers are paired: run i gets keys[i] and the i-th teacher.
-    # (vectorize.vmapped shares hp rows across seeds, which does not fit here.)
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
-
-
-def vmapped(run, keys_S, hp: dict[str, Any], data) -> Distilled:
-    """S runs in one compiled program: ``keys_S`` and every ``hp`` leaf carry a
-    leading seed axis (e.g. one teacher per seed); ``data`` is shared.
-    Compiled once per ``run`` (reuse the same ``run`` for the same shapes)."""
-    return _compiled(run)(keys_S, {k: jnp.asarray(v) for k, v in hp.items()}, data)
-
-
-def looped(run, keys_S, hp: dict[str, Any], data) -> Distilled:
-    """Reference: the same runs one at a time, stacked like ``vmapped``."""
-    jrun = jax.jit(run)
-    outs = [jrun(keys_S[i], {k: jnp.asarray(v)[i] for k, v in hp.items()}, data)
-            for i in range(keys_S.shape[0])]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
 def student_sizes(hidden: int, shrink: float = 0.2, min_hidden: int = 5,

@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from subspace_jax.errors import ConfigError
 
@@ -557,6 +558,28 @@ def register(name: str, factory: Callable[..., Model]) -> None:
 
 def num_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+class Flat(NamedTuple):
+    """A model over its flat parameter vector (``ravel_pytree`` order, as ``train`` keeps it)."""
+    unravel: Callable   # theta_D -> params (traceable)
+    apply_D: Callable   # (theta_D, x_NxHxWxC) -> logits_NxK
+    init_D: Callable    # key -> theta_D
+
+
+def flat(model: Model) -> Flat:
+    shapes = jax.eval_shape(model.init, jax.random.key(0))  # structure only: no init runs
+    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
+    return Flat(unravel, lambda theta_D, x: model.apply(unravel(theta_D), x),
+                lambda key: ravel_pytree(model.init(key))[0])
+
+
+def unflatten(model: Model, theta_D) -> dict:
+    """Flat params -> the nested dict of NumPy float32 arrays ``apply`` takes, on the
+    host (no JAX op runs: for export and checks)."""
+    leaves, treedef = jax.tree.flatten(jax.eval_shape(model.init, jax.random.key(0)))
+    parts = np.split(np.asarray(theta_D, np.float32), np.cumsum([x.size for x in leaves])[:-1])
+    return jax.tree.unflatten(treedef, [p.reshape(x.shape) for p, x in zip(parts, leaves)])
 
 
 def param_count(model: Model) -> int:

@@ -9,6 +9,8 @@ when several devices are present, that axis is sharded across a 1-D mesh.
   d_active, ...). Runs of one seed share its key, so everything derived from
   it (theta0, P, data order) is computed once per seed: that is how a sweep
   over subspace sizes keeps a single projection matrix in memory.
+* ``paired=True`` instead zips the two: seed i runs with hp row i only (e.g.
+  one teacher per seed); the outputs have one axis ``[S, ...]``.
 
 Hyperparameter rows are always vmapped; seeds are vmapped too, or on a CPU
 run one after another on each device, the devices in parallel (``seed_form``:
@@ -212,7 +214,7 @@ _BOTH, _SEED, _ROW, _SHARED = "both", "seed", "row", "shared"
 _STAGES: dict = {}
 
 
-def _place(keys, hp: Mapping[str, np.ndarray]):
+def _place(keys, hp: Mapping[str, np.ndarray], paired: bool = False):
     """Checks the run axis and shards it: ``(keys, hp, n_seeds, n_rows)``."""
     hp = {k: jnp.asarray(v) for k, v in hp.items()}
     sizes = {v.shape[0] for v in hp.values()}
@@ -220,6 +222,12 @@ def _place(keys, hp: Mapping[str, np.ndarray]):
         raise ValueError(f"every hyperparameter array needs the same leading size, got {sorted(sizes)}")
     n_rows = sizes.pop()
     n_seeds = keys.shape[0] if keys.ndim == 1 else 0
+    if paired:
+        if n_seeds != n_rows:
+            raise ValueError(f"paired: one hp row per key, got {n_seeds} keys and {n_rows} rows")
+        if n_seeds % jax.device_count() == 0:  # both on the seed shards
+            keys, hp = _mesh_put(keys, n_seeds), _mesh_put(hp, n_rows)
+        return keys, hp, n_seeds, 0
     if n_seeds and n_seeds % jax.device_count() == 0:
         keys = _mesh_put(keys, n_seeds)
     else:
@@ -227,7 +235,7 @@ def _place(keys, hp: Mapping[str, np.ndarray]):
     return keys, hp, n_seeds, n_rows
 
 
-def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):
+def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data, paired: bool = False):
     """All (seed, hyperparameter) runs of ``run`` in one compiled program.
 
     Args:
@@ -235,15 +243,17 @@ def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data):
       keys: one key (all runs share it) or keys with a leading seed axis S.
       hp: dict of arrays with a common leading axis R (one entry per run).
       data: passed unbatched to every run.
+      paired: R == S and seed i runs with row i only (not with every row).
 
-    Returns the outputs of ``run`` stacked to ``[S, R, ...]`` (or ``[R, ...]``
-    for a single key). The seed axis, else the run axis, is sharded over
-    devices when its size is a multiple of the device count. In a
-    multi-process run (``maybe_initialize_distributed``) every process gets
-    the outputs of all runs (gathered into NumPy arrays when they were sharded).
+    Returns the outputs of ``run`` stacked to ``[S, R, ...]`` (``[R, ...]``
+    for a single key, ``[S, ...]`` when paired). The seed axis, else the run
+    axis, is sharded over devices when its size is a multiple of the device
+    count. In a multi-process run (``maybe_initialize_distributed``) every
+    process gets the outputs of all runs (gathered into NumPy arrays when they
+    were sharded).
     """
-    keys, hp, n_seeds, n_rows = _place(keys, hp)
-    compiled = _stage(run, (_SEED, _ROW, _SHARED), n_seeds, n_rows)
+    keys, hp, n_seeds, n_rows = _place(keys, hp, paired)
+    compiled = _stage(run, (_SEED, _SEED if paired else _ROW, _SHARED), n_seeds, n_rows)
     if jax.process_count() > 1:
         return _across_processes(compiled, keys, hp, data)
     return compiled(keys, hp, data)
@@ -253,14 +263,17 @@ def _stage(fn: Callable, kinds: tuple[str, ...], n_seeds: int, n_rows: int, *sta
     """``fn`` over the run axes and jitted, cached on everything static.
 
     ``kinds`` says how each argument is batched. Inner: hyperparameter rows
-    share the key, so theta0, P and the data order are computed once per seed.
-    Outer: seeds (``seed_form``; n_seeds=0: one shared key).
+    share the key, so theta0, P and the data order are computed once per seed
+    (no inner axis when nothing is batched by row: paired runs). Outer: seeds
+    (``seed_form``; n_seeds=0: one shared key).
     """
     form = seed_form(n_seeds) if n_seeds else "vmap"
     cache_key = (fn, kinds, n_seeds, n_rows, static, form)
     if cache_key not in _STAGES:
         f = (lambda *args: fn(*args, *static)) if static else fn
-        f = _vmap_or_expand(f, tuple(0 if k in (_BOTH, _ROW) else None for k in kinds), n_rows)
+        row_axes = tuple(0 if k in (_BOTH, _ROW) else None for k in kinds)
+        if any(a is not None for a in row_axes):
+            f = _vmap_or_expand(f, row_axes, n_rows)
         if n_seeds:
             f = _over_seeds(f, tuple(0 if k in (_BOTH, _SEED) else None for k in kinds),
                             n_seeds, form)

@@ -9,15 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from subspace_jax import wann  # noqa: E402
+from subspace_jax import wann_search  # noqa: E402
 
 
 def node_depths(genome) -> tuple[np.ndarray, np.ndarray]:
     """Depth of every hidden node (1 + deepest source; inputs are depth 0) and
     the boolean mask of inputs with an ON outgoing connection."""
-    n_in, n_hidden, _ = wann.sizes(genome)
-    in_on = genome["in_conn"] == wann.ON
-    hid_on = genome["hid_conn"] == wann.ON
+    n_in, n_hidden, _ = wann_search.sizes(genome)
+    in_on = genome["in_conn"] == wann_search.ON
+    hid_on = genome["hid_conn"] == wann_search.ON
     depth = np.zeros(n_hidden, int)
     for k in range(n_hidden):  # index order is topological
         if genome["node_on"][k]:
@@ -30,7 +30,7 @@ def topology(genome, image_side: int | None = None, title: str = ""):
     """The network as a layered graph (used inputs left, outputs right, node
     colour = activation), plus how often each pixel is used when the inputs
     form a square image."""
-    n_in, n_hidden, n_out = wann.sizes(genome)
+    n_in, n_hidden, n_out = wann_search.sizes(genome)
     depth, used_in = node_depths(genome)
     hidden = np.flatnonzero(genome["node_on"])
     last = (depth[hidden].max() if len(hidden) else 0) + 1
@@ -49,10 +49,10 @@ def topology(genome, image_side: int | None = None, title: str = ""):
         return ("h", col) if col < n_hidden else ("o", col - n_hidden)
 
     segs, colors = [], []
-    for src, col in zip(*np.nonzero(genome["in_conn"] == wann.ON)):
+    for src, col in zip(*np.nonzero(genome["in_conn"] == wann_search.ON)):
         segs.append([pos[("i", src)], pos[key(col)]])
         colors.append((0.3, 0.3, 0.3, 0.15))
-    for src, col in zip(*np.nonzero(genome["hid_conn"] == wann.ON)):
+    for src, col in zip(*np.nonzero(genome["hid_conn"] == wann_search.ON)):
         segs.append([pos[("h", src)], pos[key(col)]])
         colors.append((0.1, 0.3, 0.8, 0.5))
 
@@ -66,7 +66,7 @@ def topology(genome, image_side: int | None = None, title: str = ""):
     if len(ins):
         xy = np.asarray([pos[("i", s)] for s in ins])
         ax.scatter(xy[:, 0], xy[:, 1], s=6, c="k", zorder=3)
-    for a, name in enumerate(wann.ACTIVATIONS):
+    for a, name in enumerate(wann_search.ACTIVATIONS):
         ks = [k for k in hidden if genome["act"][k] == a]
         if ks:
             xy = np.asarray([pos[("h", k)] for k in ks])
@@ -81,13 +81,13 @@ def topology(genome, image_side: int | None = None, title: str = ""):
     ax.set_xticks(range(last + 1))
     ax.set_xlabel("layer (0 = inputs used, last = outputs)")
     ax.set_yticks([])
-    ax.set_title(title or f"{wann.n_connections(genome)} connections, "
+    ax.set_title(title or f"{wann_search.n_connections(genome)} connections, "
                  f"{len(hidden)} hidden nodes, {len(ins)} inputs used", fontsize=9)
     if len(hidden):
         ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=5,
                   frameon=False)
     if square:
-        out_degree = (genome["in_conn"][:image_side ** 2] == wann.ON).sum(1)
+        out_degree = (genome["in_conn"][:image_side ** 2] == wann_search.ON).sum(1)
         im = axes[0, 1].imshow(out_degree.reshape(image_side, image_side), cmap="viridis")
         axes[0, 1].set_title("connections per input pixel", fontsize=9)
         axes[0, 1].set_xticks([])

@@ -13,6 +13,7 @@ Layout of a workdir::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,6 +47,25 @@ def to_jsonable(x: Any) -> Any:
     return x
 
 
+@contextlib.contextmanager
+def atomic(path: str, mode: str = "wb"):
+    """A file to write ``path`` through: it replaces ``path`` only when the block ends
+    without an error, so a reader (or a resumed run) never sees a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the block failed: drop the partial file
+            os.remove(tmp)
+
+
 class Workdir:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -55,22 +75,30 @@ class Workdir:
         return os.path.join(self.path, name)
 
     def write_json(self, name: str, obj: Any) -> str:
-        """Writes atomically: a reader never sees a half-written file."""
+        """Writes atomically (``atomic``), as every writer of this class does."""
         target = self.file(name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic(target, "w") as f:
             json.dump(to_jsonable(obj), f, indent=1, sort_keys=True)
-        os.replace(tmp, target)
+        return target
+
+    def write_text(self, name: str, text: str) -> str:
+        target = self.file(name)
+        with atomic(target, "w") as f:
+            f.write(text)
         return target
 
     def save_npy(self, name: str, arr) -> str:
-        """One array to ``name`` (.npy), atomically like the JSON records."""
+        """One array to ``name`` (.npy)."""
         target = self.file(name)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
+        with atomic(target) as f:
             np.save(f, np.asarray(arr))
-        os.replace(tmp, target)
+        return target
+
+    def save_npz(self, name: str, arrays: dict, compressed: bool = False) -> str:
+        """Named arrays to ``name`` (.npz; ``compressed``: ``np.savez_compressed``)."""
+        target = self.file(name)
+        with atomic(target) as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
         return target
 
     def read_json(self, name: str) -> Any:
@@ -101,9 +129,8 @@ class Workdir:
 
     def save_figure(self, fig, name: str) -> str:
         target = self.file(name)
-        tmp = target + ".tmp.png"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, target)
+        with atomic(target) as f:
+            fig.savefig(f, format=os.path.splitext(name)[1][1:], dpi=120, bbox_inches="tight")
         return target
 
 
@@ -263,10 +290,8 @@ class Checkpoint:
         import jax  # here, not at the top: the rest of this module needs no JAX
         arrays = {f"carry_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(carry))}
         arrays.update({f"history_{k}": np.asarray(v) for k, v in history.items()})
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic(self.path) as f:
             np.savez(f, epoch=np.int64(epoch), **arrays)
-        os.replace(tmp, self.path)
 
     def load(self, carry_like, epochs: int):
         """``(epoch, carry, history)``, or None when there is nothing to resume.

@@ -16,6 +16,8 @@ from experiments import golf_prune
 from subspace_jax import config as C
 from subspace_jax import data, export, models, train
 from subspace_jax.pruning import brute_force as bf
+from subspace_jax.pruning import procedures as P
+from subspace_jax.pruning import scorers
 from subspace_jax.workdir import Workdir
 
 LINEAR = models.mlp("bf_linear", (), n_in=16, n_out=2)    # x: N x 4 x 4 x 1
@@ -270,12 +272,23 @@ def test_finetune_hook_and_comparison_counts():
     hv = bf.make_halves(TEACHER.apply, params, x, y, eval_chunk=50)
     mask_D = np.ones_like(theta_D)
     counts = [80, 50, 30]
-    rows, th, m = bf.prune_along(bf.magnitude_score, hv, theta_D, mask_D, counts)
+    magnitude = bf.make_score("magnitude", TEACHER.apply, params)
+    rows, th, m = bf.prune_along(magnitude, hv, theta_D, mask_D, counts)
     assert [r["prunable_kept"] for r in rows] == counts
     assert np.all(th[m == 0] == 0) and int(m.sum()) == 30
     keep = np.argsort(-np.abs(theta_D), kind="stable")[:30]  # magnitude one-shot = iterative
     assert set(np.flatnonzero(m)) == set(keep)
-    obd = bf.make_obd_score(TEACHER.apply, params, x, y)
+    obd = bf.make_score("obd", TEACHER.apply, params, x, y,
+                        P.prune_config(obd_hessian="gauss_newton"))
+    # The registry's OBD of the alive weights: 0.5 h_kk w_k^2 with the Gauss-Newton diagonal.
+    half_D = (np.arange(theta_D.size) % 2).astype(np.float32)
+    w_D = jnp.asarray(theta_D * half_D)
+    apply_D = lambda th, xx: TEACHER.apply(ravel_pytree(params)[1](th), xx)
+    np.testing.assert_allclose(obd(theta_D, half_D, 0),
+                               scorers.obd(w_D, scorers.gauss_newton_diag(apply_D, w_D, x)),
+                               rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="rounds"):
+        bf.make_score("synflow", TEACHER.apply, params)
     rows, th, m = bf.prune_along(obd, hv, theta_D, mask_D, counts)
     assert all(0 <= r["decide_acc"] <= 1 and r["decide_correct"] >= 0 for r in rows)
     assert [r["prunable_kept"] for r in rows] == counts and np.all(th[m == 0] == 0)
@@ -284,7 +297,7 @@ def test_finetune_hook_and_comparison_counts():
     ft = bf.make_finetune(TEACHER, C.train_config(epochs=1, batch_size=32, eval_chunk=32), data)
     tuned = ft(th, m, 0)
     assert np.all(tuned[m == 0] == 0) and not np.array_equal(tuned, th)
-    rows, th2, m2 = bf.prune_along(bf.magnitude_score, hv, theta_D, mask_D, counts, finetune=ft)
+    rows, th2, m2 = bf.prune_along(magnitude, hv, theta_D, mask_D, counts, finetune=ft)
     assert [r["prunable_kept"] for r in rows] == counts and np.all(th2[m2 == 0] == 0)
     assert all(r["finetuned"] in (True, False) for r in rows)
 
@@ -407,7 +420,7 @@ def test_golf_prune_takes_a_seed_of_a_golf_final(tmp_path):
     desc, arrays = check.load_model(path)
     assert check.nonzero_count(arrays) == desc["nonzero_params"] == size - 5
     x = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
-    want = np.asarray(jax.jit(model.apply)(golf.unflatten(model, thetas[2]), x))
+    want = np.asarray(jax.jit(model.apply)(models.unflatten(model, thetas[2]), x))
     np.testing.assert_allclose(check.forward(desc, arrays, x), want, rtol=1e-4, atol=1e-4)
     # Exporting again gives the same run key (content, not zip timestamps).
     assert golf_prune._model_digest(path) == golf_prune._model_digest(
@@ -447,7 +460,16 @@ def test_golf_prune_folds_a_batch_norm_golf_seed(tmp_path):
     desc, arrays = check.load_model(path)
     assert desc["dense_params"] == golf.exported_count(model) < theta.size   # gamma, beta gone
     train_x = data.from_config(gcfg.data).train_x
-    folded = models.fold_bn(model, golf.unflatten(model, theta), jnp.asarray(train_x))
+    folded = models.fold_bn(model, models.unflatten(model, theta), jnp.asarray(train_x))
     x = np.asarray(train_x[:3])
     want = models.from_arch(models.folded_arch(model.arch)).apply(folded, x)
     np.testing.assert_allclose(check.forward(desc, arrays, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_golf_prune_compares_any_registered_scorer_that_selects_once():
+    cfg = golf_prune.get_config(quick=True)
+    cfg.compare.methods = ("magnitude", "snip", "random")
+    golf_prune.validate(cfg)
+    cfg.compare.methods = ("synflow",)  # prunes in rounds: prune_along cannot follow counts
+    with pytest.raises(ValueError, match="unknown \\['synflow'\\]; valid: random, magnitude, snip"):
+        golf_prune.validate(cfg)

@@ -1,4 +1,4 @@
-"""subspace_jax/interpret.py and experiments/interpret.py: activations, ascent, quick run."""
+"""subspace_jax/inspection.py and experiments/interpret.py: activations, ascent, quick run."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import interpret as experiment
-from subspace_jax import interpret, models
+from subspace_jax import inspection, models
 
 
 def _arch_params(name, seed=0):
@@ -21,20 +21,20 @@ def test_layer_activations_match_apply(name):
     x_NHWC = np.asarray(jax.random.normal(jax.random.key(1), (2, 28, 28, 1)))
     want = np.asarray(model.apply(params, x_NHWC))
     # One image at a time, and vmapped over images: both equal apply's logits.
-    looped = np.stack([np.asarray(interpret.logits(arch, params, x)) for x in x_NHWC])
+    looped = np.stack([np.asarray(inspection.logits(arch, params, x)) for x in x_NHWC])
     np.testing.assert_allclose(looped, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(interpret.per_image(interpret.logits, arch, params, x_NHWC),
+    np.testing.assert_allclose(inspection.per_image(inspection.logits, arch, params, x_NHWC),
                                want, rtol=1e-5, atol=1e-5)
     # The final features are what the last linear layer maps to the logits.
-    last = interpret.check_classifier(arch)
-    feats = interpret.per_image(interpret.feature_vector, arch, params, x_NHWC)
+    last = inspection.check_classifier(arch)
+    feats = inspection.per_image(inspection.feature_vector, arch, params, x_NHWC)
     np.testing.assert_allclose(feats @ np.asarray(params[last["name"]]["w"])
                                + np.asarray(params[last["name"]]["b"]), want,
                                rtol=1e-4, atol=1e-4)
     if arch["layers"][0]["kind"] == "conv":  # the opened-up first layer, pooled, is layer 1
-        maps = interpret.first_layer_maps(arch, params, x_NHWC[0])
+        maps = inspection.first_layer_maps(arch, params, x_NHWC[0])
         np.testing.assert_allclose(models.maxpool2(maps[None])[0],
-                                   interpret.layer_output(arch, params, x_NHWC[0], 1),
+                                   inspection.layer_output(arch, params, x_NHWC[0], 1),
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -43,19 +43,19 @@ def test_gradient_ascent_increases_the_target():
     _, arch, params = _arch_params("golf_prelu")
     n, units = 1, 5
     x_NHWC = np.asarray(jax.random.normal(jax.random.key(2), (64, 28, 28, 1)))
-    out = interpret.visualise_layer(arch, params, jax.random.key(0), n, units,
-                                    interpret.Ascent(steps=40, jitter=1), x_scale_NHWC=x_NHWC)
+    out = inspection.visualise_layer(arch, params, jax.random.key(0), n, units,
+                                    inspection.Ascent(steps=40, jitter=1), x_scale_NHWC=x_NHWC)
     scale_U = out["scale"]
-    values_NxU = interpret.per_image(lambda a, p, x: interpret.unit_values(a, p, x, n),
-                                     arch, params, x_NHWC)
+    values_NxU = inspection.per_image(lambda a, p, x: inspection.unit_values(a, p, x, n),
+                                      arch, params, x_NHWC)
     np.testing.assert_allclose(scale_U, values_NxU.std(0), rtol=1e-4)
     assert out["image"].shape == (units, 28, 28, 1)
     assert out["image"].min() >= 0 and out["image"].max() <= 1
     gain_U = (out["end"] - out["start"]) / scale_U
     assert np.all(gain_U > 1.0), (out["start"], out["end"], scale_U)
     # Each image drives its own unit higher than the other units' images do.
-    values_UxU = interpret.per_image(lambda a, p, x: interpret.unit_values(a, p, x, n),
-                                     arch, params, interpret.to_input(out["image"]))
+    values_UxU = inspection.per_image(lambda a, p, x: inspection.unit_values(a, p, x, n),
+                                      arch, params, inspection.to_input(out["image"]))
     own_U = np.diag(values_UxU)  # [v, u]: unit u on image v
     np.testing.assert_allclose(own_U, out["end"], rtol=1e-4, atol=1e-4)
     assert np.all(own_U[None, :] >= values_UxU), values_UxU

@@ -117,3 +117,35 @@ def test_second_process_into_a_workdir_refuses(tmp_path):
     with workdir.Lock(str(tmp_path)) as lock:
         assert json.load(open(lock.file))["pid"] == os.getpid()
     assert not os.path.exists(tmp_path / workdir.LOCK_FILE)
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path):
+    wd = workdir.Workdir(str(tmp_path))
+    wd.save_npz("runs/a.npz", {"x": np.arange(3)})
+    wd.write_text("t.txt", "old\n")
+
+    class Boom(Exception):
+        pass
+
+    def half_written(*_, **__):
+        raise Boom  # as if the process died while numpy wrote the archive
+
+    for write in (lambda: wd.save_npz("runs/a.npz", {"x": np.zeros(9), "y": half_written}),
+                  lambda: wd.save_npy("runs/a.npz", half_written)):
+        with pytest.raises(Exception):
+            write()
+    with pytest.raises(Boom):
+        with workdir.atomic(wd.file("t.txt"), "w") as f:
+            f.write("new, half")
+            raise Boom
+    with np.load(wd.file("runs/a.npz")) as z:
+        assert z.files == ["x"] and list(z["x"]) == [0, 1, 2]
+    assert open(wd.file("t.txt")).read() == "old\n"
+    assert sorted(os.listdir(tmp_path / "runs")) == ["a.npz"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == ["runs", "t.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(wd.file("t.txt")).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    wd.save_npz("m.npz", {"m": np.ones(4, bool)}, compressed=True)
+    with np.load(wd.file("m.npz")) as z:
+        assert z["m"].all()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from subspace_jax import config as C
-from subspace_jax import distill, models, train
+from subspace_jax import distill, models, train, vectorize
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,10 @@ def test_vmapped_over_seeds_equals_looped(dat, trained_teacher, distill_run):
     _, teacher_D = trained_teacher
     teachers_SxD = jnp.stack([teacher_D, 0.9 * teacher_D])  # one teacher per seed
     keys = jnp.stack([jax.random.key(s) for s in (1, 2)])
-    v = distill.vmapped(distill_run, keys, {"teacher_D": teachers_SxD}, dat)
-    l = distill.looped(distill_run, keys, {"teacher_D": teachers_SxD}, dat)
+    v = vectorize.vmapped(distill_run, keys, {"teacher_D": teachers_SxD}, dat, paired=True)
+    one = jax.jit(distill_run)
+    loop = [one(keys[i], {"teacher_D": teachers_SxD[i]}, dat) for i in range(2)]
+    l = jax.tree.map(lambda *xs: np.stack(xs), *loop)
     assert v.history["distill_loss"].shape == (2, 4)
     np.testing.assert_allclose(v.params, l.params, rtol=1e-4, atol=1e-5)
     for k in ("train_acc", "test_acc", "agreement_train", "probe_loss"):

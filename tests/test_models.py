@@ -64,3 +64,21 @@ def test_prelu_slopes_are_trained_parameters():
 def test_golf_family_rejects_impossible_shapes():
     with pytest.raises(ValueError, match="no spatial extent"):
         models.golf_cnn(kernels=(9, 9, 9))
+
+
+def test_flat_helpers_round_trip_in_ravel_order():
+    from jax.flatten_util import ravel_pytree
+    model = models.get("golf_prelu")
+    params = model.init(jax.random.key(1))
+    theta_D = ravel_pytree(params)[0]
+    fm = models.flat(model)
+    np.testing.assert_array_equal(fm.init_D(jax.random.key(1)), theta_D)
+    host = models.unflatten(model, np.asarray(theta_D))  # NumPy, same tree as init
+    assert jax.tree.structure(host) == jax.tree.structure(params)
+    for a, b, c in zip(jax.tree.leaves(host), jax.tree.leaves(fm.unravel(theta_D)),
+                       jax.tree.leaves(params)):
+        assert isinstance(a, np.ndarray) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
+    x = jax.random.normal(jax.random.key(2), (2, 28, 28, 1))
+    np.testing.assert_array_equal(fm.apply_D(theta_D, x), model.apply(params, x))

@@ -150,7 +150,7 @@ def test_masked_weights_stay_exactly_zero_through_training():
 
 def _tiny_loss(model, n=24):
     data = tiny_data(n_train=n)
-    _, apply_D, init_D = P.flat_model(model)
+    _, apply_D, init_D = models.flat(model)
     return scorers.batch_loss(apply_D, data.train_x, data.train_y), apply_D, init_D, data
 
 
@@ -233,7 +233,7 @@ def test_rewinding_to_epoch_k_restarts_from_the_dense_weights_after_k_epochs():
     # The same thing by hand: a 1-epoch dense run from the init, then the full
     # schedule from its weights, with the run's own keys.
     k = P.run_keys(key)
-    theta0_D = P.flat_model(TINY)[2](k.init)
+    theta0_D = models.flat(TINY)[2](k.init)
     thp = train.default_hp(tcfg)
     snap_cfg = C.train_config(epochs=1, batch_size=16, keep_best=False)
     snap_D = train.make_run(TINY, snap_cfg, no_sub, 64)(k.train, {**thp, "theta_init": theta0_D},
@@ -345,7 +345,7 @@ def test_pruning_compare_quick_end_to_end(tmp_path):
 # ---------------------------------------------------------------- closed forms
 def _softmax_regression(seed=0, n=24, T=1.0):
     """LINEAR (z = x W + b, 16 -> 3): theta_D, batch, and NumPy float64 helpers."""
-    unravel, apply_D, init_D = P.flat_model(LINEAR)
+    unravel, apply_D, init_D = models.flat(LINEAR)
     theta_D = init_D(jax.random.key(seed))
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, *SHAPE)).astype(np.float32)
@@ -437,7 +437,7 @@ def test_imp_keeps_the_largest_surviving_magnitudes_per_layer(imp_out):
 
 def test_lottery_control_trains_the_mask_from_a_fresh_init(imp_out):
     out, densities, key = imp_out
-    _, apply_D, init_D = P.flat_model(TINY)
+    _, apply_D, init_D = models.flat(TINY)
     data = tiny_data()
     k = P.run_keys(key)
 
@@ -456,3 +456,26 @@ def test_lottery_control_trains_the_mask_from_a_fresh_init(imp_out):
         assert abs(control - ticket) > 1e-3  # a different start, not the rewound weights
     fresh0, fresh1 = (init_D(jax.random.fold_in(k.reinit, lv)) for lv in (0, 1))
     assert not np.allclose(fresh0, fresh1)  # a new init at every level
+
+
+def test_every_registered_scorer_prunes_to_the_exact_density_and_one_line_adds_one(monkeypatch):
+    lay = tiny_layout()
+    pcfg = P.prune_config(synflow_rounds=3)
+    theta_D = models.flat(TINY)[2](jax.random.key(0))
+    alive_D = jnp.ones(lay.D, jnp.float32)
+    x, y = tiny_data().train_x[:8], tiny_data().train_y[:8]
+    assert P.AT_INIT == ("random", "magnitude", "snip", "grasp", "synflow")
+    assert P.AFTER_TRAINING == ("magnitude", "obd") and set(P.SCORERS) == set(scorers.REGISTRY)
+    for name in P.SCORERS:
+        batch = (x, y) if scorers.REGISTRY[name].needs_batch else None
+        m = P.make_pruner(TINY, lay, name, pcfg, SHAPE)(jax.random.key(1), theta_D, 0.3,
+                                                         alive_D, batch)
+        kept = np.asarray(masks.leaf_counts(m, lay))[list(lay.prunable_leaves)].sum()
+        assert kept == masks.kept_count(0.3, lay.n_prunable), name
+        assert set(np.unique(np.asarray(m))) <= {0.0, 1.0}
+    # A new scorer is one registry entry: no other code names it.
+    monkeypatch.setitem(scorers.REGISTRY, "smallest", scorers.Scorer(
+        lambda ctx, key, th, alive, b: -jnp.abs(th), False, True, False))
+    got = P.make_pruner(TINY, lay, "smallest", pcfg, SHAPE)(None, theta_D, 0.3, alive_D, None)
+    np.testing.assert_array_equal(got, masks.select(-jnp.abs(theta_D), lay, 0.3))
+    assert not P.needs_batch(("smallest", "magnitude")) and P.needs_batch(("smallest", "obd"))

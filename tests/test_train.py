@@ -179,3 +179,26 @@ def test_seed_forms_give_the_same_numbers(synthetic, dat, monkeypatch):
     monkeypatch.setenv(vectorize.SEED_FORM_ENV, "sideways")
     with pytest.raises(ValueError, match="SUBSPACE_JAX_SEED_FORM='sideways'"):
         vectorize.seed_form(3)
+
+
+@pytest.mark.parametrize("form", ["vmap", "map"])
+def test_paired_axis_equals_a_python_loop(form, monkeypatch):
+    """``paired=True``: seed i runs with hp row i only, in either seed form."""
+    monkeypatch.setenv(vectorize.SEED_FORM_ENV, form)
+
+    def run(key, hp, data):
+        return {"y": hp["a"] * jax.random.normal(key, (3,)) + data, "n": hp["n"] + 1}
+
+    keys = vectorize.run_keys([0, 1, 2])
+    hp = {"a": np.float32([1.0, 2.0, -3.0]), "n": np.int32([5, 6, 7])}
+    data = jnp.float32(0.5)
+    got = vectorize.vmapped(run, keys, hp, data, paired=True)
+    loop = [run(keys[i], {k: v[i] for k, v in hp.items()}, data) for i in range(3)]
+    assert got["y"].shape == (3, 3)
+    np.testing.assert_allclose(got["y"], np.stack([o["y"] for o in loop]), rtol=1e-6)
+    np.testing.assert_array_equal(got["n"], [6, 7, 8])
+    crossed = vectorize.vmapped(run, keys, hp, data)  # every seed with every row: [S, R, ...]
+    np.testing.assert_allclose(got["y"], np.stack([crossed["y"][i, i] for i in range(3)]),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="one hp row per key"):
+        vectorize.vmapped(run, keys[:2], hp, data, paired=True)

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_jax import wann
+from subspace_jax import wann_search
 
-# Written independently of wann._apply_act (sigmoid via exp, cos directly).
+# Written independently of wann_search._apply_act (sigmoid via exp, cos directly).
 NP_ACTS = [lambda x: x, lambda x: 1.0 / (1.0 + np.exp(-x)), np.tanh,
            lambda x: np.exp(-x * x / 2.0), lambda x: np.sin(np.pi * x),
            lambda x: np.cos(np.pi * x), np.abs, lambda x: np.maximum(x, 0.0), lambda x: -x]
@@ -20,13 +20,13 @@ NP_ACTS = [lambda x: x, lambda x: 1.0 / (1.0 + np.exp(-x)), np.tanh,
 def graph_eval(genome, w, x_BxI):
     """Reference: explicit node and edge lists, Kahn's topological order (not
     the index order), each node = act(w * sum of its sources), float64."""
-    n_in, n_hidden, n_out = wann.sizes(genome)
+    n_in, n_hidden, n_out = wann_search.sizes(genome)
     name = lambda col: ("h", col) if col < n_hidden else ("o", col - n_hidden)  # noqa: E731
     nodes = ([("i", i) for i in range(n_in)] + [("h", j) for j in range(n_hidden)
                                                   if genome["node_on"][j]]
              + [("o", o) for o in range(n_out)])
-    edges = [(("i", s), name(c)) for s, c in zip(*np.nonzero(genome["in_conn"] == wann.ON))]
-    edges += [(("h", s), name(c)) for s, c in zip(*np.nonzero(genome["hid_conn"] == wann.ON))]
+    edges = [(("i", s), name(c)) for s, c in zip(*np.nonzero(genome["in_conn"] == wann_search.ON))]
+    edges += [(("h", s), name(c)) for s, c in zip(*np.nonzero(genome["hid_conn"] == wann_search.ON))]
     sources = {n: [s for s, d in edges if d == n] for n in nodes}
     indegree = {n: len(sources[n]) for n in nodes}
     ready, order = [n for n in nodes if indegree[n] == 0], []
@@ -47,40 +47,40 @@ def graph_eval(genome, w, x_BxI):
             continue
         pre = w * sum((value[s] for s in sources[n]), np.zeros(len(x)))
         act = genome["act"][n[1] if n[0] == "h" else n_hidden + n[1]]
-        value[n] = NP_ACTS[act](np.clip(pre, -wann.CLIP, wann.CLIP))
+        value[n] = NP_ACTS[act](np.clip(pre, -wann_search.CLIP, wann_search.CLIP))
     return np.stack([value[("o", o)] for o in range(n_out)], 1)
 
 
 def random_genome(rng, n_in=7, n_hidden=6, n_out=4, density=0.3, max_used=None):
     """Any valid genome: random present nodes, states (incl. DISABLED), activations."""
-    g = wann.empty_genome(n_in, n_hidden, n_out)
+    g = wann_search.empty_genome(n_in, n_hidden, n_out)
     g["node_on"][:rng.integers(0, (n_hidden if max_used is None else max_used) + 1)] = True
-    g["act"][:n_hidden] = rng.integers(0, len(wann.ACTIVATIONS), n_hidden)
-    in_ok, hid_ok = wann.valid_sources(g)
+    g["act"][:n_hidden] = rng.integers(0, len(wann_search.ACTIVATIONS), n_hidden)
+    in_ok, hid_ok = wann_search.valid_sources(g)
     for key, ok in (("in_conn", in_ok), ("hid_conn", hid_ok)):
         u = rng.random(ok.shape)
-        g[key] = np.where(ok & (u < density), wann.ON,
-                          np.where(ok & (u < 1.3 * density), wann.DISABLED, wann.OFF)).astype(np.int8)
-    wann.check_genome(g)
+        g[key] = np.where(ok & (u < density), wann_search.ON,
+                          np.where(ok & (u < 1.3 * density), wann_search.DISABLED, wann_search.OFF)).astype(np.int8)
+    wann_search.check_genome(g)
     return g
 
 
 def mutated_genome(rng, steps=40, n_in=7, n_hidden=6, n_out=4):
-    g = wann.unstack(wann.init_population(rng, 1, n_in, n_hidden, n_out, 0.3))[0]
-    probs = dict(zip(wann.MUTATIONS, (0.3, 0.3, 0.3, 0.1)))
+    g = wann_search.unstack(wann_search.init_population(rng, 1, n_in, n_hidden, n_out, 0.3))[0]
+    probs = dict(zip(wann_search.MUTATIONS, (0.3, 0.3, 0.3, 0.1)))
     for _ in range(steps):
-        g, _ = wann.mutate(g, rng, probs)
+        g, _ = wann_search.mutate(g, rng, probs)
     return g
 
 
-WEIGHTS = (*wann.SHARED_WEIGHTS, 0.3)
+WEIGHTS = (*wann_search.SHARED_WEIGHTS, 0.3)
 
 
 def test_masked_forward_equals_graph_evaluation():
     rng = np.random.default_rng(0)
-    fwd = jax.jit(wann.forward)
+    fwd = jax.jit(wann_search.forward)
     genomes = [random_genome(rng) for _ in range(12)] + [mutated_genome(rng) for _ in range(12)]
-    assert any(wann.n_hidden_used(g) >= 4 for g in genomes)
+    assert any(wann_search.n_hidden_used(g) >= 4 for g in genomes)
     for g in genomes:
         x = rng.uniform(0, 0.5, (5, 7)).astype(np.float32)
         for w in WEIGHTS:
@@ -93,56 +93,56 @@ def test_forward_weighted_with_equal_weights_is_forward():
     g = random_genome(rng)
     x = jnp.asarray(rng.uniform(0, 1, (4, 7)), jnp.float32)
     params = {"in": jnp.full(g["in_conn"].shape, -0.5), "hid": jnp.full(g["hid_conn"].shape, -0.5)}
-    np.testing.assert_allclose(jax.jit(wann.forward_weighted)(g, params, x), jax.jit(wann.forward)(g, -0.5, x),
+    np.testing.assert_allclose(jax.jit(wann_search.forward_weighted)(g, params, x), jax.jit(wann_search.forward)(g, -0.5, x),
                                rtol=1e-5, atol=1e-6)
 
 
 def test_mutations_keep_genomes_feed_forward_and_valid():
     rng = np.random.default_rng(2)
-    g = wann.unstack(wann.init_population(rng, 1, 10, 6, 3, 0.2))[0]
+    g = wann_search.unstack(wann_search.init_population(rng, 1, 10, 6, 3, 0.2))[0]
     seen = set()
     for _ in range(300):
-        op = wann.MUTATIONS[rng.integers(len(wann.MUTATIONS))]
-        child = getattr(wann, f"mutate_{op}")(g, rng)
+        op = wann_search.MUTATIONS[rng.integers(len(wann_search.MUTATIONS))]
+        child = getattr(wann_search, f"mutate_{op}")(g, rng)
         if child is None:
             if op == "insert_node":
-                assert wann.n_hidden_used(g) == 6   # only when every slot is taken
+                assert wann_search.n_hidden_used(g) == 6   # only when every slot is taken
             continue
-        wann.check_genome(child)                   # feed-forward, compact, states valid
+        wann_search.check_genome(child)                   # feed-forward, compact, states valid
         seen.add(op)
-        disabled = lambda x: int((x["in_conn"] == wann.DISABLED).sum()  # noqa: E731
-                                 + (x["hid_conn"] == wann.DISABLED).sum())
+        disabled = lambda x: int((x["in_conn"] == wann_search.DISABLED).sum()  # noqa: E731
+                                 + (x["hid_conn"] == wann_search.DISABLED).sum())
         if op == "insert_node":
-            assert wann.n_connections(child) == wann.n_connections(g) + 1
+            assert wann_search.n_connections(child) == wann_search.n_connections(g) + 1
             assert disabled(child) == disabled(g) + 1
-            assert wann.n_hidden_used(child) == wann.n_hidden_used(g) + 1
+            assert wann_search.n_hidden_used(child) == wann_search.n_hidden_used(g) + 1
         elif op == "add_connection":
-            assert wann.n_connections(child) == wann.n_connections(g) + 1
+            assert wann_search.n_connections(child) == wann_search.n_connections(g) + 1
         elif op == "reenable":
             assert disabled(child) == disabled(g) - 1
         else:
             assert (child["act"] != g["act"]).sum() == 1
         g = child
-    assert seen == set(wann.MUTATIONS)
-    assert wann.n_hidden_used(g) == 6
+    assert seen == set(wann_search.MUTATIONS)
+    assert wann_search.n_hidden_used(g) == 6
 
 
 def test_insert_node_puts_new_node_on_the_path():
     """Splitting src->dst with a linear new node turns w*a into w*(w*a)."""
-    g = wann.empty_genome(2, 3, 1)
-    g["in_conn"][0, 3] = wann.ON                      # input 0 -> output
+    g = wann_search.empty_genome(2, 3, 1)
+    g["in_conn"][0, 3] = wann_search.ON                      # input 0 -> output
     rng = np.random.default_rng(0)
-    child = wann.mutate_insert_node(g, rng)
-    child["act"][0] = wann.LINEAR
+    child = wann_search.mutate_insert_node(g, rng)
+    child["act"][0] = wann_search.LINEAR
     x = jnp.asarray([[0.7, 0.2]], jnp.float32)
-    assert float(wann.forward(child, 2.0, x)[0, 0]) == pytest.approx(4 * 0.7, rel=1e-6)
+    assert float(wann_search.forward(child, 2.0, x)[0, 0]) == pytest.approx(4 * 0.7, rel=1e-6)
     # Now input 1 -> h0 -> output; split one of those two: a three-connection chain.
-    child["in_conn"][0, 0] = wann.DISABLED
-    child["in_conn"][1, 0] = wann.ON
-    child2 = wann.mutate_insert_node(child, np.random.default_rng(5))
-    wann.check_genome(child2)
-    child2["act"][:2] = wann.LINEAR
-    got = np.asarray(wann.forward(child2, 0.5, x))
+    child["in_conn"][0, 0] = wann_search.DISABLED
+    child["in_conn"][1, 0] = wann_search.ON
+    child2 = wann_search.mutate_insert_node(child, np.random.default_rng(5))
+    wann_search.check_genome(child2)
+    child2["act"][:2] = wann_search.LINEAR
+    got = np.asarray(wann_search.forward(child2, 0.5, x))
     assert float(got[0, 0]) == pytest.approx(0.5 ** 3 * 0.2, rel=1e-6)
     np.testing.assert_allclose(got, graph_eval(child2, 0.5, np.asarray(x)), rtol=1e-6)
 
@@ -150,18 +150,18 @@ def test_insert_node_puts_new_node_on_the_path():
 def test_pareto_ranking_hand_example():
     #              A       B       C       D       E         F
     obj = np.array([[3, 1], [1, 3], [2, 2], [1, 1], [.5, .5], [2, .5]])
-    front = wann.nondominated_fronts(obj)
+    front = wann_search.nondominated_fronts(obj)
     np.testing.assert_array_equal(front, [0, 0, 0, 1, 2, 1])
-    crowd = wann.crowding_distance(obj, front)
+    crowd = wann_search.crowding_distance(obj, front)
     assert np.isinf(crowd[[0, 1]]).all() and np.isfinite(crowd[2])
-    rank = wann.pareto_rank(obj)
+    rank = wann_search.pareto_rank(obj)
     assert set(rank[[0, 1]]) == {0, 1} and rank[2] == 2
     assert set(rank[[3, 5]]) == {3, 4} and rank[4] == 5
     # Objective alternation: X has fewer connections, Y a better best weight, same mean.
     fit = np.array([[0.6, 0.6], [0.3, 0.9]])
     conns = np.array([3, 10])
-    r1, o1 = wann.rank_population(fit, conns, np.random.default_rng(0), 1.0)
-    r0, o0 = wann.rank_population(fit, conns, np.random.default_rng(0), 0.0)
+    r1, o1 = wann_search.rank_population(fit, conns, np.random.default_rng(0), 1.0)
+    r0, o0 = wann_search.rank_population(fit, conns, np.random.default_rng(0), 0.0)
     assert o1 == "connections" and list(r1) == [0, 1]
     assert o0 == "max" and list(r0) == [1, 0]
 
@@ -170,13 +170,13 @@ def test_population_vmapped_equals_looped():
     rng = np.random.default_rng(3)
     genomes = ([random_genome(rng, n_hidden=12, max_used=5) for _ in range(5)]
                + [mutated_genome(rng, steps=12, n_hidden=12) for _ in range(4)])
-    pop = wann.stack(genomes)
-    assert wann.hidden_bucket(pop["node_on"].sum(1).max(), 12) < 12   # truncation is exercised
+    pop = wann_search.stack(genomes)
+    assert wann_search.hidden_bucket(pop["node_on"].sum(1).max(), 12) < 12   # truncation is exercised
     x = rng.uniform(0, 1, (32, 7)).astype(np.float32)
     y = rng.integers(0, 4, 32).astype(np.int32)
-    w = np.asarray(wann.SHARED_WEIGHTS, np.float32)
-    loglik, acc = wann.evaluate_population(pop, w, x, y, chunk=4)   # chunks + padding + truncation
-    one = jax.jit(lambda g, wi: wann.scores(wann.forward(g, wi, jnp.asarray(x)), jnp.asarray(y)))
+    w = np.asarray(wann_search.SHARED_WEIGHTS, np.float32)
+    loglik, acc = wann_search.evaluate_population(pop, w, x, y, chunk=4)   # chunks + padding + truncation
+    one = jax.jit(lambda g, wi: wann_search.scores(wann_search.forward(g, wi, jnp.asarray(x)), jnp.asarray(y)))
     for p, g in enumerate(genomes):
         for i, wi in enumerate(w):
             ll, a = one(g, wi)
@@ -186,35 +186,35 @@ def test_population_vmapped_equals_looped():
 
 def test_next_generation_elites_and_validity():
     rng = np.random.default_rng(4)
-    pop = wann.init_population(rng, 10, 7, 4, 3, 0.3)
+    pop = wann_search.init_population(rng, 10, 7, 4, 3, 0.3)
     fit = rng.random((10, 6))
-    probs = dict(zip(wann.MUTATIONS, (0.5, 0.25, 0.2, 0.05)))
-    new, info = wann.next_generation(pop, fit, rng, p_connection_objective=0.0, elite_ratio=0.2,
-                                     cull_ratio=0.2, tournament=3, mutation_probs=probs)
-    rank = wann.pareto_rank(np.stack([fit.mean(1), fit.max(1)], 1))
+    probs = dict(zip(wann_search.MUTATIONS, (0.5, 0.25, 0.2, 0.05)))
+    new, info = wann_search.next_generation(pop, fit, rng, p_connection_objective=0.0, elite_ratio=0.2,
+                                            cull_ratio=0.2, tournament=3, mutation_probs=probs)
+    rank = wann_search.pareto_rank(np.stack([fit.mean(1), fit.max(1)], 1))
     for slot, i in enumerate(np.argsort(rank)[:2]):   # elites copied unchanged, in rank order
-        for k in wann.KEYS:
+        for k in wann_search.KEYS:
             np.testing.assert_array_equal(new[k][slot], pop[k][i])
     assert sum(info["mutations"].values()) == 8
-    for g in wann.unstack(new):
-        wann.check_genome(g)
+    for g in wann_search.unstack(new):
+        wann_search.check_genome(g)
 
 
 def test_area_downsample_and_deskew():
     img = np.random.default_rng(5).random((3, 28, 28)).astype(np.float32)
-    small = wann.area_downsample(img, 16)
+    small = wann_search.area_downsample(img, 16)
     assert small.shape == (3, 16, 16)
     np.testing.assert_allclose(small.mean((1, 2)), img.mean((1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(wann.area_downsample(img, 14),
+    np.testing.assert_allclose(wann_search.area_downsample(img, 14),
                                img.reshape(3, 14, 2, 14, 2).mean((2, 4)), rtol=1e-5)
     bar = np.zeros((1, 28, 28), np.float32)            # a slanted stroke
     for r in range(4, 24):
         bar[0, r, 8 + r // 2: 11 + r // 2] = 1.0
-    straight = wann.deskew(bar)[0]
+    straight = wann_search.deskew(bar)[0]
     cols = np.arange(28)
     centre = [(straight[r] * cols).sum() / straight[r].sum() for r in range(4, 24)]
     assert np.ptp(centre) < 1.5                         # was 10 columns before
-    x = wann.prepare_inputs(bar[..., None] / 0.3081 - 0.1307 / 0.3081, 16, True, True)
+    x = wann_search.prepare_inputs(bar[..., None] / 0.3081 - 0.1307 / 0.3081, 16, True, True)
     assert x.shape == (1, 257) and x[0, -1] == 1.0 and 0 <= x.min() and x.max() <= 1
 
 
@@ -223,22 +223,22 @@ def test_ensemble_vote():
     logits[0, 0, 2] = logits[1, 0, 2] = 1.0           # sample 0: two votes for 2 ...
     logits[2, 0, 0] = 10.0                            # ... beat one confident vote for 0
     logits[0, 1, 0], logits[1, 1, 1], logits[2, 1, 2] = 0.5, 5.0, 0.2  # one vote each:
-    np.testing.assert_array_equal(wann.ensemble_vote(logits), [2, 1])   # mean probability decides
+    np.testing.assert_array_equal(wann_search.ensemble_vote(logits), [2, 1])   # mean probability decides
 
 
 def test_tuning_individual_weights_learns(synthetic):
     """A fully connected input->output genome with one shared weight is at chance
     (every logit equal); Adam on individual weights makes it a linear classifier."""
-    x = wann.prepare_inputs(synthetic.train_x, 16, False, True)
-    g = wann.empty_genome(x.shape[1], 0, 10)
-    g["in_conn"][:] = wann.ON
-    params, losses = wann.tune_weights(g, jnp.float32(0.1), jnp.asarray(x),
-                                       jnp.asarray(synthetic.train_y), jax.random.key(0),
-                                       jnp.float32(1e-2), steps=100, batch_size=64)
+    x = wann_search.prepare_inputs(synthetic.train_x, 16, False, True)
+    g = wann_search.empty_genome(x.shape[1], 0, 10)
+    g["in_conn"][:] = wann_search.ON
+    params, losses = wann_search.tune_weights(g, jnp.float32(0.1), jnp.asarray(x),
+                                              jnp.asarray(synthetic.train_y), jax.random.key(0),
+                                              jnp.float32(1e-2), steps=100, batch_size=64)
     assert float(losses[0]) == pytest.approx(np.log(10), rel=1e-4)
     assert float(losses[-10:].mean()) < 0.5 * float(losses[0])
-    xv = wann.prepare_inputs(synthetic.val_x, 16, False, True)
-    assert wann.weighted_accuracy(g, params, xv, synthetic.val_y) > 0.8
+    xv = wann_search.prepare_inputs(synthetic.val_x, 16, False, True)
+    assert wann_search.weighted_accuracy(g, params, xv, synthetic.val_y) > 0.8
 
 
 def quick_config(**evolution):
@@ -272,8 +272,8 @@ def test_quick_experiment_end_to_end(tmp_path):
     with np.load(tmp_path / "champion.npz") as f:
         genome = {k: f[k] for k in f.files if not k.startswith("tuned_")}
     ds = data.from_config(cfg.data)
-    prep = lambda x: wann.prepare_inputs(x, cfg.input.resolution, cfg.input.deskew,  # noqa: E731
-                                         cfg.input.bias, data.MEAN, data.STD)
+    prep = lambda x: wann_search.prepare_inputs(x, cfg.input.resolution, cfg.input.deskew,  # noqa: E731
+                                                cfg.input.bias, data.MEAN, data.STD)
     x_val, x_te = prep(ds.val_x), prep(ds.test_x)
     acc = lambda w, x, y: float((graph_eval(genome, w, x).argmax(1) == y).mean())  # noqa: E731
     assert s["best_weight_val_acc"] == max(s["val_acc_grid"])
@@ -282,7 +282,7 @@ def test_quick_experiment_end_to_end(tmp_path):
     shared = cfg.evolution.shared_weights
     for w in shared:
         assert acc(w, x_te, ds.test_y) == pytest.approx(s["shared_weight_test_acc"][str(float(w))])
-    votes = wann.ensemble_vote(np.stack([graph_eval(genome, w, x_te) for w in shared]))
+    votes = wann_search.ensemble_vote(np.stack([graph_eval(genome, w, x_te) for w in shared]))
     assert float((votes == ds.test_y).mean()) == pytest.approx(s["ensemble_test_acc"])
     assert "Gaier & Ha" in (tmp_path / "summary.md").read_text()
 

@@ -4,7 +4,8 @@
   selection (layerwise or global, deterministic ties, collapse guard) and
   sparsity/flops reports.
 * ``scorers``: random, magnitude, OBD (exact, Gauss-Newton or Hutchinson
-  Hessian diagonal), SNIP, GraSP, SynFlow.
+  Hessian diagonal), SNIP, GraSP, SynFlow; ``REGISTRY``: one entry per scorer
+  (its function, whether it needs data, where it applies).
 * ``procedures``: pruning at init, after training (one-shot or iterative, with
   fine-tuning), iterative magnitude pruning with rewinding (lottery tickets);
   each a single-run ``run(key, hp, data)`` for ``vectorize.vmapped``.

@@ -130,7 +130,7 @@ from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
 from subspace_jax import train
-from subspace_jax.pruning import masks, scorers
+from subspace_jax.pruning import masks, procedures, scorers
 
 MARGIN = 0.005  # module docstring: one-sided 95% deciding half (5,000) vs test, + 0.1% for the gate
 STOPS = ("threshold", "refused", "max_passes", "all_pruned", "start_below_threshold")
@@ -539,29 +539,25 @@ def make_finetune(model, tcfg, data: train.Data, seed: int = 0) -> Callable:
 
 
 # ---------------------------------------------------------------- comparison
-def magnitude_score(theta_D, mask_D, step):
-    return np.abs(theta_D)
+def make_score(name: str, model_apply, params_like, x=None, y=None, pcfg=None) -> Callable:
+    """``score(theta_D, mask_D, step)``: registered scorer ``name`` (``scorers.REGISTRY``)
+    of the alive weights, on the examples (``x``, ``y``) if it needs data.
 
-
-def make_obd_score(model_apply, params_like, x, y, hessian: str = "gauss_newton",
-                   chunk: int = 16) -> Callable:
-    """``score(theta_D, mask_D, step)``: OBD saliency on the examples (``x``, ``y``).
-
-    ``hessian`` as in ``scorers.hessian_diag`` (``gauss_newton`` equals the
-    Hessian diagonal for the piecewise-linear golf networks and is cheap).
+    ``pcfg``: a ``procedures.prune_config`` (its ``obd_hessian``, ``hessian_chunk``, ...);
+    one key for every level. Rounds-based scorers (SynFlow) are refused: ``prune_along``
+    selects once per level.
     """
+    entry = scorers.get(name)
+    if entry.rounds is not None:
+        raise ValueError(f"scorer {name!r} prunes in rounds; prune_along selects once per level")
     unravel = ravel_pytree(params_like)[1]
-    apply_D = lambda th, xx: model_apply(unravel(th), xx)
-
-    @jax.jit
-    def score(w_D, x, y):
-        h_D = scorers.hessian_diag(hessian, scorers.batch_loss(apply_D, x, y), apply_D, w_D, x,
-                                   jax.random.key(0), chunk=chunk)
-        return scorers.obd(w_D, h_D)
-
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    return lambda theta_D, mask_D, step: np.asarray(
-        score(jnp.asarray(np.where(mask_D > 0, theta_D, 0.0), jnp.float32), x, y))
+    ctx = scorers.Context(lambda th, xx: model_apply(unravel(th), xx), (),
+                          procedures.prune_config() if pcfg is None else pcfg)
+    batch = (jnp.asarray(x), jnp.asarray(y)) if entry.needs_batch else None
+    score = jax.jit(lambda w_D, m_D, b: entry.score(ctx, jax.random.key(0), w_D, m_D, b))
+    return lambda theta_D, mask_D, step: np.asarray(score(
+        jnp.asarray(np.where(mask_D > 0, theta_D, 0.0), jnp.float32),
+        jnp.asarray(mask_D, jnp.float32), batch))
 
 
 _select = jax.jit(masks.select, static_argnames=("lay", "mode"))  # one compile for all counts

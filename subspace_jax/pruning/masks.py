@@ -27,13 +27,14 @@ is vmapped rather than recompiled.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from subspace_jax import workdir
 
 DEFAULT_PRUNABLE = ("w",)
 MODES = ("global", "layerwise")
@@ -315,9 +316,8 @@ def save_npz(path: str, named: dict, lay: Layout) -> str:
         m = np.asarray(m, bool)
         arrays[name] = np.packbits(m, axis=-1)
         arrays[name + ".shape"] = np.asarray(m.shape)
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with workdir.atomic(path) as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 

@@ -24,6 +24,9 @@ masked) and ``hp['theta_init']``.
 
 All of them in one program keeps the number of compiled trainings at three
 (dense + at init, fine-tune, IMP), which dominates the cost of a quick run.
+``one_shot`` is the single-network form: it prunes weights it is handed (a
+trained teacher in ``memorization``) with any ``make_pruner`` and fine-tunes.
+Scorers come from ``scorers.REGISTRY`` (IMP is magnitude pruning by definition).
 
 Outputs are dicts ``{"<procedure>/<scorer>": Levels, "dense": train.Result}``
 whose leaves gain ``[S, R]`` axes under ``vmapped``; ``unit_records`` turns
@@ -44,15 +47,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from subspace_jax import config as C
-from subspace_jax import report, train
+from subspace_jax import models, report, train
 from subspace_jax.pruning import masks, scorers
 
-AT_INIT = ("random", "magnitude", "snip", "grasp", "synflow")
-AFTER_TRAINING = ("magnitude", "obd")
-SCORERS = ("random", "magnitude", "snip", "grasp", "synflow", "obd")
+SCORERS = tuple(scorers.REGISTRY)
+AT_INIT = tuple(n for n, s in scorers.REGISTRY.items() if s.at_init)
+AFTER_TRAINING = tuple(n for n, s in scorers.REGISTRY.items() if s.after_training)
 TRAIN_HP = ("learning_rate", "weight_decay", "d_active")
 
 
@@ -88,15 +90,6 @@ def run_keys(key) -> Keys:
     return Keys(*(jax.random.fold_in(key, i) for i in range(5)))
 
 
-def flat_model(model):
-    """``(unravel, apply_D, init_D)`` for the flat parameter vector."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))[1]
-    apply_D = lambda theta_D, x: model.apply(unravel(theta_D), x)
-    init_D = lambda key: ravel_pytree(model.init(key))[0]
-    return unravel, apply_D, init_D
-
-
 def layer_exponents(lay: masks.Layout, pairs) -> tuple[float, ...]:
     table = {str(n): float(e) for n, e in pairs}
     prunable = [lay.names[i] for i in lay.prunable_leaves]
@@ -114,7 +107,8 @@ def score_batch(key, data: train.Data, size: int):
 
 
 def make_pruner(model, lay: masks.Layout, name: str, pcfg, input_shape: Sequence[int]):
-    """``prune(key, theta_D, density, alive_D, batch, min_one) -> mask_D`` for scorer ``name``.
+    """``prune(key, theta_D, density, alive_D, batch, min_one) -> mask_D`` for scorer ``name``
+    (``scorers.REGISTRY``).
 
     ``batch``: ``(x, y)`` training examples for the data-dependent scorers
     (``score_batch``); ``key`` feeds the random scorer and Hutchinson.
@@ -123,36 +117,20 @@ def make_pruner(model, lay: masks.Layout, name: str, pcfg, input_shape: Sequence
     unguarded masks can share one vmapped call; ``None`` uses
     ``pcfg.min_one_per_layer``.
     """
-    if name not in SCORERS:
-        raise ValueError(f"Unknown scorer {name!r}; valid: {', '.join(SCORERS)}.")
-    _, apply_D, _ = flat_model(model)
+    scorers.get(name)  # an unknown name fails here, not when traced
+    ctx = scorers.Context(models.flat(model).apply_D, tuple(input_shape), pcfg)
     exps = layer_exponents(lay, pcfg.layer_exponents)
 
     def prune(key, theta_D, density, alive_D, batch, min_one=None):
         guard = pcfg.min_one_per_layer if min_one is None else min_one
-        if name == "synflow":
-            return scorers.synflow_mask(apply_D, theta_D, density, lay, input_shape,
-                                        pcfg.synflow_rounds, pcfg.mode, alive_D, guard, exps)
-        if name == "random":
-            score_D = scorers.random(key, theta_D)
-        elif name == "magnitude":
-            score_D = scorers.magnitude(theta_D)
-        else:
-            x, y = batch
-            if name == "snip":
-                score_D = scorers.snip(scorers.batch_loss(apply_D, x, y), theta_D, alive_D)
-            elif name == "grasp":
-                loss_T = scorers.batch_loss(apply_D, x, y, pcfg.grasp_temperature)
-                score_D = scorers.grasp(loss_T, theta_D, alive_D)
-            else:  # obd
-                w_D = theta_D * alive_D
-                h_D = scorers.hessian_diag(pcfg.obd_hessian, scorers.batch_loss(apply_D, x, y),
-                                           apply_D, w_D, x, key, pcfg.obd_exact_max_params,
-                                           pcfg.hutchinson_samples, pcfg.hessian_chunk)
-                score_D = scorers.obd(w_D, h_D)
-        return masks.select(score_D, lay, density, pcfg.mode, alive_D, guard, exps)
+        return scorers.mask(name, ctx, key, theta_D, density, lay, alive_D, batch, guard, exps)
 
     return prune
+
+
+def needs_batch(names: Sequence[str]) -> bool:
+    """Whether any of the scorers ``names`` scores training examples (``score_batch``)."""
+    return any(scorers.get(n).needs_batch for n in names)
 
 
 class Levels(NamedTuple):
@@ -185,6 +163,19 @@ def _with(tcfg, **fields):
 
 
 # ---------------------------------------------------------------- procedures
+def one_shot(prune, run_ft, score_key, train_key, thp, data, theta_D, alive_D, densities_L,
+             batch=None):
+    """One network pruned once to each density, each mask fine-tuned: ``(mask_LxD, Result)``.
+
+    ``prune`` from ``make_pruner``; ``run_ft`` a ``train.make_run`` (the masked
+    fine-tuning, from the pruned ``theta_D``); ``thp`` its training hp. The
+    result's leaves gain a leading ``[L]`` axis.
+    """
+    mask_LxD = jax.vmap(lambda d: prune(score_key, theta_D, d, alive_D, batch))(densities_L)
+    res = jax.vmap(lambda m: _train_from(run_ft, train_key, thp, data, theta_D, m))(mask_LxD)
+    return mask_LxD, res
+
+
 def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] = (),
                      one_shot: Sequence[str] = (), iterative: Sequence[str] = (),
                      imp: bool = False, control: bool = False, rewind_epoch: int = 0,
@@ -224,7 +215,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
     if collapse and not at_init:
         raise ValueError("collapse measures the at-init scorers: give at_init")
     lay = masks.model_layout(model, tuple(pcfg.prunable))
-    _, _, init_D = flat_model(model)
+    init_D = models.flat(model).init_D
     no_sub = C.subspace_config(0)
     run_train = train.make_run(model, tcfg, no_sub, n_train)
     run_ft = train.make_run(model, _with(tcfg, epochs=int(pcfg.finetune_epochs)), no_sub, n_train)
@@ -234,7 +225,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
     pruners = {s: make_pruner(model, lay, s, pcfg, input_shape)
                for s in (*at_init, *one_shot, *iterative, "magnitude")}
     ones = jnp.ones(lay.D, jnp.float32)
-    needs_batch = bool({"snip", "grasp", "obd"} & {*at_init, *one_shot, *iterative})
+    batched = needs_batch((*at_init, *one_shot, *iterative))
 
     def dense_and_at_init(k, thp, data, batch, theta0_D, hp):
         dens = hp["densities"]
@@ -309,7 +300,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
         k = run_keys(key)
         thp = _train_hp(hp)
         theta0_D = init_D(k.init)
-        batch = score_batch(k.batch, data, int(pcfg.score_batch)) if needs_batch else None
+        batch = score_batch(k.batch, data, int(pcfg.score_batch)) if batched else None
         out = dense_and_at_init(k, thp, data, batch, theta0_D, hp)
         theta_T = out["dense"].params  # best-validation weights of the dense run
         if arms:

@@ -2,6 +2,8 @@
 
 Every scorer maps ``theta_D`` (and, where it needs them, a mask, a key, a
 loss or the model) to ``score_D``; ``masks.select`` turns scores into a mask.
+``REGISTRY`` names each with a uniform signature, whether it needs data and
+where it applies; ``mask`` is the one score-to-mask path every procedure uses.
 Scores are written for one run; vmapping over seeds happens in
 ``subspace_jax.vectorize``.
 
@@ -36,7 +38,7 @@ Scores are written for one run; vmapping over seeds happens in
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -149,11 +151,85 @@ def synflow_mask(apply_D: Callable, theta_D, density, lay: masks.Layout,
                  input_shape: Sequence[int], rounds: int = 100, mode: str = "global",
                  alive_D=None, min_one: bool = True, exponents=None):
     """Iterative SynFlow: ``rounds`` score-and-prune steps to ``density``."""
+    return rounds_mask(lambda mask_D: synflow(apply_D, theta_D, mask_D, input_shape), density,
+                       lay, rounds, mode, alive_D, min_one, exponents)
+
+
+def rounds_mask(score_of_mask: Callable, density, lay: masks.Layout, rounds: int,
+                mode: str = "global", alive_D=None, min_one: bool = True, exponents=None):
+    """``rounds`` score-and-prune steps to ``density``: the density schedule
+    density ** (r / rounds), each round rescoring the survivors (``score_of_mask``)."""
     mask0 = jnp.ones(lay.D, jnp.float32) if alive_D is None else alive_D.astype(jnp.float32)
 
     def body(r, mask_D):
         d = jnp.asarray(density, jnp.float32) ** ((r + 1) / rounds)
-        score_D = synflow(apply_D, theta_D, mask_D, input_shape)
-        return masks.select(score_D, lay, d, mode, mask_D, min_one, exponents)
+        return masks.select(score_of_mask(mask_D), lay, d, mode, mask_D, min_one, exponents)
 
     return lax.fori_loop(0, rounds, body, mask0)
+
+
+# ---------------------------------------------------------------- registry
+class Context(NamedTuple):
+    """What a registered scorer may use besides the weights."""
+    apply_D: Callable           # (theta_D, x) -> logits
+    input_shape: Sequence[int]  # one example, e.g. (28, 28, 1)
+    pcfg: Any                   # procedures.prune_config: the scorers' options
+
+
+class Scorer(NamedTuple):
+    """One registered scorer. ``score(ctx, key, theta_D, alive_D, batch) -> score_D``
+    (higher = keep); ``alive_D`` is the current 0/1 mask, ``batch`` ``(x, y)``
+    training examples when ``needs_batch``, else None."""
+    score: Callable
+    needs_batch: bool
+    at_init: bool               # pruning_compare prunes initialisations with it by default
+    after_training: bool        # ... and trained weights (one-shot, iterative)
+    rounds: str | None = None   # a pcfg field: prune in that many rescoring rounds (rounds_mask)
+
+
+def _grasp(ctx: Context, key, theta_D, alive_D, batch):
+    return grasp(batch_loss(ctx.apply_D, *batch, ctx.pcfg.grasp_temperature), theta_D, alive_D)
+
+
+def _obd(ctx: Context, key, theta_D, alive_D, batch):
+    x, y = batch
+    p = ctx.pcfg
+    w_D = theta_D * alive_D
+    h_D = hessian_diag(p.obd_hessian, batch_loss(ctx.apply_D, x, y), ctx.apply_D, w_D, x, key,
+                       p.obd_exact_max_params, p.hutchinson_samples, p.hessian_chunk)
+    return obd(w_D, h_D)
+
+
+# Adding a scorer: its function above and one line here (the order is pruning_compare's).
+REGISTRY: dict[str, Scorer] = {
+    "random": Scorer(lambda ctx, key, th, alive, b: random(key, th),
+                     needs_batch=False, at_init=True, after_training=False),
+    "magnitude": Scorer(lambda ctx, key, th, alive, b: magnitude(th),
+                        needs_batch=False, at_init=True, after_training=True),
+    "snip": Scorer(lambda ctx, key, th, alive, b: snip(batch_loss(ctx.apply_D, *b), th, alive),
+                   needs_batch=True, at_init=True, after_training=False),
+    "grasp": Scorer(_grasp, needs_batch=True, at_init=True, after_training=False),
+    "synflow": Scorer(lambda ctx, key, th, alive, b: synflow(ctx.apply_D, th, alive,
+                                                             ctx.input_shape),
+                      needs_batch=False, at_init=True, after_training=False,
+                      rounds="synflow_rounds"),
+    "obd": Scorer(_obd, needs_batch=True, at_init=False, after_training=True),
+}
+
+
+def get(name: str) -> Scorer:
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown scorer {name!r}; valid: {', '.join(REGISTRY)}.")
+    return REGISTRY[name]
+
+
+def mask(name: str, ctx: Context, key, theta_D, density, lay: masks.Layout, alive_D, batch,
+         min_one=True, exponents=None):
+    """Flat 0/1 mask of scorer ``name`` at ``density`` (``masks.select`` of its scores)."""
+    s = get(name)
+    mode = ctx.pcfg.mode
+    if s.rounds is None:
+        return masks.select(s.score(ctx, key, theta_D, alive_D, batch), lay, density, mode,
+                            alive_D, min_one, exponents)
+    return rounds_mask(lambda m_D: s.score(ctx, key, theta_D, m_D, batch), density, lay,
+                       int(ctx.pcfg[s.rounds]), mode, alive_D, min_one, exponents)
