@@ -69,7 +69,7 @@ from optuna import distributions as D
 from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import export, models, plots, sweep, teacher, train, vectorize
-from subspace_jax.workdir import EpochTicker, Progress, Workdir, to_jsonable
+from subspace_jax.workdir import Progress, Workdir, tick, ticking, to_jsonable
 from subspace_jax.errors import ConfigError
 
 PUBLISHED = (
@@ -517,7 +517,7 @@ class _Runs:
     def __init__(self, cfg, n_train: int):
         self.cfg, self.n_train, self.cache = cfg, n_train, {}
 
-    def __call__(self, params: dict, label: str):
+    def __call__(self, params: dict):
         static = static_params(params)
         key = tuple(sorted(static.items()))
         if key not in self.cache:
@@ -525,13 +525,10 @@ class _Runs:
                                   epochs=static["epochs"], schedule=static["schedule"],
                                   keep_best=True,
                                   **{k: static[k] for k in STATIC_OPTIONS if k in static})
-            ticker = [None]
             run = train.make_run(build_model(self.cfg, params), tcfg, C.subspace_config(0),
-                                 self.n_train, lambda e, acc: ticker[0](e, acc))
-            self.cache[key] = (keyed(run), ticker)
-        run, ticker = self.cache[key]
-        ticker[0] = EpochTicker(label, static["epochs"])
-        return run
+                                 self.n_train, tick)
+            self.cache[key] = keyed(run)
+        return self.cache[key]
 
 
 def train_rows(runs: _Runs, params: dict, rows: list[dict], key, data, label: str):
@@ -542,7 +539,8 @@ def train_rows(runs: _Runs, params: dict, rows: list[dict], key, data, label: st
     hp.update({"d_active": np.zeros(len(rows), np.int32),
           "trial": np.asarray([r["trial"] for r in rows], np.int32),
           "seed": np.asarray([r["seed"] for r in rows], np.int32)})
-    return jax.device_get(vectorize.vmapped(runs(params, label), key, hp, data))
+    with ticking(label, static_params(params)["epochs"]):
+        return jax.device_get(vectorize.vmapped(runs(params), key, hp, data))
 
 
 def _history_rows(out, rows: list[dict], extra: dict) -> list[dict]:

@@ -139,7 +139,7 @@ from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, intrinsic, models, report, subspace, sweep, train
 from subspace_jax.errors import ConfigError
-from subspace_jax.workdir import EpochTicker
+from subspace_jax.workdir import tick, ticking
 
 PUBLISHED = {
     "fc_200_200": {"global": "750", "individual": "~525-575",
@@ -242,10 +242,13 @@ def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed:
     tcfg = train_config(cfg, subspace_run)
     scfg = C.subspace_config(d_max, cfg.projection if subspace_run else "dense")
 
-    @functools.cache  # one compile per phase, shared by its seed chunks
+    @functools.cache  # one run (so one compile) per phase, built once a unit needs it
     def run_fn():
-        return train.make_run(model, tcfg, scfg, len(ds.train_y),
-                              EpochTicker(f"{name} {phase}", tcfg.epochs))
+        return train.make_run(model, tcfg, scfg, len(ds.train_y), tick)
+
+    def run_chunk(seeds):
+        with ticking(f"{name} {phase}", tcfg.epochs):
+            return sweep.run_unit(run_fn(), seeds, hp, dat, {"d": d_R, "lr_factor": factor_R})
 
     d_R, factor_R, lr_R = learning_rates(cfg, tcfg, dims, subspace_run)
     hp = {"d_active": d_R if subspace_run else np.zeros(len(d_R), np.int32),
@@ -255,8 +258,7 @@ def run_phase(wd, cfg, name: str, phase: str, dims, d_max: int, ds, dat, failed:
         depends["learning_rate"] = lr_R
     units = [sweep.Unit(f"{name}_{phase}_seeds{'-'.join(map(str, seeds))}",
                         {**depends, "seeds": seeds},
-                        lambda _, seeds=seeds: sweep.run_unit(run_fn(), seeds, hp, dat,
-                                                              {"d": d_R, "lr_factor": factor_R}))
+                        lambda _, seeds=seeds: run_chunk(seeds))
              for seeds in seed_chunks(cfg)]
     results = sweep.run_units(wd, units, f"{name} {phase}")
     missing = [u.id for u in units if u.name not in results]

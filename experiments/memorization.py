@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +80,7 @@ from subspace_jax import data, distill, models, report, subspace, sweep, train, 
 from subspace_jax import plots  # noqa: F401  (selects the headless Agg backend first)
 from subspace_jax.pruning import masks
 from subspace_jax.pruning import procedures as P
-from subspace_jax.workdir import EpochTicker, Workdir
+from subspace_jax.workdir import Workdir, tick, ticking
 from subspace_jax.errors import ConfigError
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -188,10 +187,6 @@ def _tag(f: float) -> str:
     return f"f{float(f):g}"
 
 
-def _restart(ticker: EpochTicker, label: str) -> None:
-    ticker.label, ticker.seen, ticker.start = label, set(), time.time()
-
-
 def _fraction(cfg, name: str) -> float:
     return next(float(f) for f in cfg.label_fractions if label_name(float(f)) == name)
 
@@ -270,11 +265,8 @@ class Study:
         self.n_train = len(next(iter(self.datasets.values())).train_y)
         self.dat = {f: train.Data.from_dataset(ds) for f, ds in self.datasets.items()}
         self._distill_runs = {}
+        # Each run is built (and compiled) once for every label fraction; `ticking` labels it.
         self._teacher_run = self._prune_run = self._subspace_run = None
-        # One ticker per compiled run, restarted per unit: a new ticker would mean
-        # a new run function and so a recompilation for every label fraction.
-        self._teacher_ticker = EpochTicker("teacher", cfg.train.epochs)
-        self._subspace_ticker = EpochTicker("subspace", cfg.subspace_train.epochs)
 
     # -- teachers
     def teacher_depends(self, f):
@@ -293,11 +285,11 @@ class Study:
         cfg = self.cfg
         if self._teacher_run is None:
             self._teacher_run = train.make_run(
-                self.model, cfg.train, C.subspace_config(0), self.n_train, self._teacher_ticker)
-        _restart(self._teacher_ticker, f"teacher, {label_name(f)} labels")
+                self.model, cfg.train, C.subspace_config(0), self.n_train, tick)
         hp = {k: np.asarray(v)[None] for k, v in train.default_hp(cfg.train).items()}
-        out = jax.device_get(vectorize.vmapped(self._teacher_run, vectorize.run_keys(cfg.seeds),
-                                               hp, self.dat[f]))
+        with ticking(f"teacher, {label_name(f)} labels", cfg.train.epochs):
+            out = jax.device_get(vectorize.vmapped(
+                self._teacher_run, vectorize.run_keys(cfg.seeds), hp, self.dat[f]))
         self.wd.save_npy(self.teacher_file(f), out.params[:, 0])
         ds0 = self.datasets.get(0.0)
         noise = (float(np.mean(self.datasets[f].train_y != ds0.train_y)) if ds0 is not None
@@ -384,15 +376,15 @@ class Study:
         if self._subspace_run is None:
             self._subspace_run = train.make_run(
                 self.model, cfg.subspace_train, C.subspace_config(max(dims), cfg.projection),
-                self.n_train, self._subspace_ticker)
-        _restart(self._subspace_ticker, f"subspace, {label_name(f)} labels")
+                self.n_train, tick)
         grid = vectorize.grid(d_active=dims, learning_rate=list(cfg.subspace_learning_rates))
         hp = {"d_active": grid["d_active"].astype(np.int32),
               "learning_rate": grid["learning_rate"].astype(np.float32)}
         hp["weight_decay"] = np.full(len(hp["d_active"]), cfg.subspace_train.weight_decay,
                                      np.float32)
-        records, rows = sweep.run_unit(self._subspace_run, cfg.seeds, hp, self.dat[f],
-                                       {"d": hp["d_active"]})
+        with ticking(f"subspace, {label_name(f)} labels", cfg.subspace_train.epochs):
+            records, rows = sweep.run_unit(self._subspace_run, cfg.seeds, hp, self.dat[f],
+                                           {"d": hp["d_active"]})
         for rec in (*records, *rows):
             rec["label_fraction"] = f
         for row in rows:

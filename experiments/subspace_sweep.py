@@ -49,7 +49,7 @@ import numpy as np
 from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, models, plots, subspace, sweep, train
-from subspace_jax.workdir import EpochTicker
+from subspace_jax.workdir import tick, ticking
 from subspace_jax.errors import ConfigError
 
 
@@ -112,20 +112,21 @@ def units_for(cfg, wd, ds, dat):
         dims = sorted({int(d) for d in cfg.dims})  # validate() refused d > D
 
         def full(uid, model=model, D=D):
-            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
-                                 EpochTicker(f"{model.name} full", cfg.train.epochs))
+            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train, tick)
             lrs = np.asarray(cfg.full_learning_rates, np.float32)
             hp = {"learning_rate": lrs, "weight_decay": np.full_like(lrs, cfg.train.weight_decay),
                   "d_active": np.zeros(len(lrs), np.int32)}
-            return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": np.full(len(lrs), D)})
+            with ticking(f"{model.name} full", cfg.train.epochs):
+                return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": np.full(len(lrs), D)})
 
         def sub(uid, model=model, dims=dims):
             tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
             tcfg.batch_size = cfg.subspace_batch_size
             run = train.make_run(model, tcfg, C.subspace_config(max(dims), cfg.projection), n_train,
-                                 EpochTicker(f"{model.name} subspace", tcfg.epochs))
+                                 tick)
             hp = subspace_hp(cfg, dims)
-            return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": hp["d_active"]})
+            with ticking(f"{model.name} subspace", tcfg.epochs):
+                return sweep.run_unit(run, cfg.seeds, hp, dat, {"d": hp["d_active"]})
 
         common = {"model": name, "data": cfg.data, "train": cfg.train,
                   "seeds": tuple(cfg.seeds)}

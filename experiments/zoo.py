@@ -32,7 +32,7 @@ import numpy as np
 from subspace_jax import checks
 from subspace_jax import config as C
 from subspace_jax import data, export, models, plots, sweep, train
-from subspace_jax.workdir import EpochTicker
+from subspace_jax.workdir import tick, ticking
 from subspace_jax.errors import ConfigError
 
 PUBLISHED = {"zoo_fc16": 0.945, "zoo_fc32": 0.965, "zoo_cnn_small": 0.956, "zoo_cnn_large": 0.976}
@@ -76,14 +76,14 @@ def units_for(cfg, wd, ds, dat):
     for name in cfg.models:
         def unit(uid, name=name):
             model = models.for_data(name, ds)
-            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train,
-                                 EpochTicker(name, cfg.train.epochs))
+            run = train.make_run(model, cfg.train, C.subspace_config(0), n_train, tick)
             lrs = np.asarray(cfg.learning_rates, np.float32)
             hp = {"learning_rate": lrs,
                   "weight_decay": np.full_like(lrs, cfg.train.weight_decay),
                   "d_active": np.zeros(len(lrs), np.int32)}
             labels = {"params": np.full(len(lrs), models.param_count(model))}
-            records, rows = sweep.run_unit(run, cfg.seeds, hp, dat, labels, keep_params=True)
+            with ticking(name, cfg.train.epochs):
+                records, rows = sweep.run_unit(run, cfg.seeds, hp, dat, labels, keep_params=True)
             thetas = [r.pop("theta") for r in records]
             theta0_RxD = np.stack([t for r, t in zip(records, thetas) if r["seed"] == 0])
             wd.save_npy(_theta_file(uid), theta0_RxD.astype(np.float32))

@@ -373,7 +373,8 @@ def make_run(model: Model, tcfg, scfg, n_train: int, on_epoch=None):
         ``projection``. The active size comes from ``hp['d_active']``.
       n_train: training-set size (static: it fixes steps per epoch).
       on_epoch: optional host function ``on_epoch(epoch, val_acc)`` called after each
-        epoch (once per run under vmap), e.g. a ``workdir.EpochTicker``.
+        epoch (once per run under vmap), e.g. ``workdir.tick`` (progress to the
+        ticker current at run time: ``with workdir.ticking(label, epochs):``).
     """
     batch = int(tcfg.batch_size)
     if not 0 < batch <= n_train:

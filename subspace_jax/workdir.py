@@ -157,10 +157,11 @@ class Progress:
 
 
 class EpochTicker:
-    """Host callback for ``train.make_run(on_epoch=...)``: one line per epoch.
+    """One line per epoch: ``  label: epoch e/N  elapsed .., ETA ..``.
 
     Under vmap the callback fires once per run and epoch; only the first call
-    of each epoch prints.
+    of each epoch prints. Runs report to it through ``tick`` while it is
+    current (``ticking``).
     """
 
     def __init__(self, label: str, epochs: int, stream=None):
@@ -175,13 +176,44 @@ class EpochTicker:
         self.seen.add(e)
         now = time.time()
         elapsed = now - self.start
-        if e == 1:
-            self.first = now  # epoch 1 includes compilation: later rates exclude it
-            eta = elapsed * (self.epochs - 1)
+        if not hasattr(self, "first"):  # epoch 1 (or the first after a resume) includes
+            self.first, self.first_epoch = now, e  # compilation: later rates exclude it
+            eta = elapsed * (self.epochs - e)
         else:
-            eta = (now - self.first) / (e - 1) * (self.epochs - e)
+            eta = (now - self.first) / (e - self.first_epoch) * (self.epochs - e)
         print(f"  {self.label}: epoch {e}/{self.epochs}  elapsed {elapsed:.0f}s, "
               f"ETA {eta:.0f}s", file=self.stream or sys.stdout, flush=True)
+
+
+_CURRENT_TICKER: list[EpochTicker | None] = [None]
+
+
+def tick(epoch, val_acc=None) -> None:
+    """The one host callback for ``train.make_run(on_epoch=tick)``: forwards to
+    the current ticker (``ticking``), a no-op when none is. Being one function,
+    it leaves a compiled run the same whatever label its progress goes to."""
+    ticker = _CURRENT_TICKER[0]
+    if ticker is not None:
+        ticker(epoch, val_acc)
+
+
+@contextlib.contextmanager
+def ticking(label: str, epochs: int, stream=None):
+    """Makes a fresh ``EpochTicker(label, epochs)`` current for the block.
+
+    On leaving, waits for the block's pending host callbacks
+    (``jax.effects_barrier``), so no tick of this block lands in the next one's
+    ticker, then restores the ticker that was current before."""
+    previous = _CURRENT_TICKER[0]
+    ticker = _CURRENT_TICKER[0] = EpochTicker(label, epochs, stream)
+    try:
+        yield ticker
+    finally:
+        try:
+            import jax  # here: workdir itself needs no JAX
+            jax.effects_barrier()
+        finally:
+            _CURRENT_TICKER[0] = previous
 
 
 class WorkdirBusy(InputError):

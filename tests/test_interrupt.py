@@ -149,3 +149,59 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path):
     wd.save_npz("m.npz", {"m": np.ones(4, bool)}, compressed=True)
     with np.load(wd.file("m.npz")) as z:
         assert z["m"].all()
+
+
+def test_one_compiled_run_ticks_to_the_label_that_is_current(synthetic, dat):
+    """Two labels through one run: one trace, each block's own label on every
+    epoch, and no tick lost or stray."""
+    import io
+
+    cfg = C.train_config(epochs=2, batch_size=32, eval_chunk=64)
+    run = train.make_run(models.get("zoo_fc16"), cfg, C.subspace_config(0),
+                         len(synthetic.train_y), workdir.tick)
+    traces = []
+
+    def counted(key, hp, data):
+        traces.append(None)
+        return run(key, hp, data)
+
+    hp = {"learning_rate": np.float32([0.03, 0.1]), "weight_decay": np.float32([0, 0]),
+          "d_active": np.int32([0, 0])}
+    streams = {}
+    for label in ("first", "second"):
+        streams[label] = io.StringIO()
+        with workdir.ticking(label, cfg.epochs, stream=streams[label]):
+            vectorize.vmapped(counted, vectorize.run_keys([0, 1]), hp, dat)  # not blocked on
+    assert len(traces) == 1
+    for label, stream in streams.items():
+        lines = [line.split("  elapsed")[0] for line in stream.getvalue().splitlines()]
+        assert lines == [f"  {label}: epoch {e}/2" for e in (1, 2)]
+    workdir.tick(0, 0.5)  # no ticker current: nothing happens
+
+
+def test_a_tick_that_lands_late_still_goes_to_its_block(monkeypatch):
+    """On an asynchronous backend a run's callbacks can fire after the Python
+    call returned (on CPU they do not): the block waits for them (here a
+    stand-in ``jax.effects_barrier`` delivers one) before the next label."""
+    import io
+
+    monkeypatch.setattr(jax, "effects_barrier", lambda: workdir.tick(1))
+    late, nxt = io.StringIO(), io.StringIO()
+    with workdir.ticking("late", 2, stream=late):
+        workdir.tick(0)
+    with workdir.ticking("next", 2, stream=nxt):
+        pass
+    assert [line.split("  elapsed")[0] for line in late.getvalue().splitlines()] == [
+        "  late: epoch 1/2", "  late: epoch 2/2"]
+    assert nxt.getvalue().count("next: epoch 2/2") == 1  # its own stand-in tick only
+
+
+def test_a_resumed_ticker_starts_at_its_first_epoch():
+    import io
+
+    stream = io.StringIO()
+    ticker = workdir.EpochTicker("resumed", 5, stream)
+    ticker(2)
+    ticker(3)  # epoch 3 first: no rate from an epoch 1 it never saw
+    assert [line.split("  elapsed")[0] for line in stream.getvalue().splitlines()] == [
+        "  resumed: epoch 3/5", "  resumed: epoch 4/5"]
