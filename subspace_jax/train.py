@@ -289,26 +289,6 @@ def epoch_batches(k_data, epoch, n_train: int, batch: int):
     return perm[:steps * batch].reshape(steps, batch)
 
 
-def _loss_fn(apply_flat):
-    def loss_fn(w, x, y):
-        logits = apply_flat(w, x)
-        return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
-    return loss_fn
-
-
-def _train_step(loss_fn, opt, data: Data, mask_D=None):
-    """One optimiser step on the batch ``idx``: ``(w, opt_state) -> (.., (loss, acc))``."""
-    def train_step(state, idx):
-        w, opt_state = state
-        (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            w, data.train_x[idx], data.train_y[idx])
-        updates, opt_state = opt.update(g, opt_state, w)
-        if mask_D is not None:  # pruned weights stay exactly zero
-            updates = updates * mask_D
-        return (optax.apply_updates(w, updates), opt_state), (loss, acc)
-    return train_step
-
-
 def make_pretrain(model: Model, tcfg, projection: str, n_train: int, d_max: int):
     """The full-space stage of a ``burn_in`` or ``trajectory`` projection; None
     for other kinds (and ``burn_in:steps=0``).
@@ -340,7 +320,17 @@ def make_pretrain(model: Model, tcfg, projection: str, n_train: int, d_max: int)
     def pretrain(theta_D, unravel, k_data, data: Data):
         idx_SxB = jax.vmap(lambda e: epoch_batches(k_data, e, n_train, batch))(
             jnp.arange(epochs)).reshape(-1, batch)[:steps]
-        step = _train_step(_loss_fn(lambda w, x: model.apply(unravel(w), x)), opt, data)
+
+        def loss_fn(w, x, y):  # plain CE: the pre-training uses none of OPTIONS
+            logits = model.apply(unravel(w), x)
+            return cross_entropy(logits, y), (logits.argmax(-1) == y).mean()
+
+        def step(state, idx):
+            w, opt_state = state
+            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                w, data.train_x[idx], data.train_y[idx])
+            updates, opt_state = opt.update(g, opt_state, w)
+            return (optax.apply_updates(w, updates), opt_state), (loss, acc)
 
         def snapshot(state, idx_ExB):
             state, _ = lax.scan(step, state, idx_ExB)
