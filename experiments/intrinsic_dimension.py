@@ -80,9 +80,10 @@ What worked (README): ``--config.models='("fc_200_200",)'
 --config.train.epochs=100 --config.grid='(1000,4000,16000,64000)'
 --config.subspace_learning_rate=0.01`` (d_int90 = 8,537).
 
-Subspaces better than random (issue 15; not yet measured). Each command
-measures both default models (fc_200_200, conv_subspace) with the protocol
-above, beside the dense/sparse/fastfood workdirs:
+Subspaces better than random. Measured so far: ``burn_in:steps=20,base=sparse``
+on fc_200_200 (docs/results/intrinsic_dimension.md, "Subspaces beyond
+random"); the rest not yet. Each command measures both default models
+(fc_200_200, conv_subspace) with the protocol above:
 
     python launch.py --experiment=intrinsic_dimension --config.projection=per_layer \
         --workdir=runs/intrinsic_dimension_per_layer
@@ -288,7 +289,7 @@ CHOOSES = "val_acc"  # the choosing validation half; decide_acc never chooses
 def choose_learning_rates(records) -> list[dict]:
     """Per d, the records of the lr factor with the best mean ``val_acc`` over
     seeds (``report.choose``: fewest diverged first); with every factor
-    diverged, the first factor's (diverged) records."""
+    diverged, the smallest factor's (diverged) records."""
     chosen = []
     for d in sorted({int(r["d"]) for r in records}):
         options: dict[float, list] = {}
