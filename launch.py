@@ -13,7 +13,8 @@ stderr and exit with code 2; any other exception is a bug and keeps its
 traceback.
 
 On a CPU each core is presented as one XLA device (``subspace_jax.cpu_devices``;
-``SUBSPACE_JAX_CPU_DEVICES=N`` overrides), so vmapped runs are sharded over cores.
+``SUBSPACE_JAX_CPU_DEVICES=N`` overrides), so vmapped runs are sharded over cores,
+and its matmuls go through YNNPACK (``SUBSPACE_JAX_CPU_DOTS=xla`` keeps XLA's own).
 
 One process at a time writes into a workdir (``workdir.Lock``: a second one
 exits 2 naming the first). Ctrl-C takes effect at the end of the running

@@ -11,17 +11,39 @@ from subspace_jax import cpu_devices
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+XLA_DOTS = {cpu_devices.DOTS_ENV: "xla"}
+
+
 def test_default_is_one_device_per_core():
-    env = {"XLA_FLAGS": "--xla_cpu_foo=1"}
+    env = {"XLA_FLAGS": "--xla_cpu_foo=1", **XLA_DOTS}
     assert cpu_devices.configure(env) == cpu_devices.cores()
     assert env["XLA_FLAGS"] == f"--xla_cpu_foo=1 {cpu_devices.FLAG}={cpu_devices.cores()}"
 
 
 def test_override_and_an_existing_flag_win():
-    env = {cpu_devices.ENV: "3"}
+    env = {cpu_devices.ENV: "3", **XLA_DOTS}
     assert cpu_devices.configure(env) == 3 and env["XLA_FLAGS"] == f"{cpu_devices.FLAG}=3"
-    mine = {"XLA_FLAGS": f"{cpu_devices.FLAG}=5", cpu_devices.ENV: "2"}
+    mine = {"XLA_FLAGS": f"{cpu_devices.FLAG}=5", cpu_devices.ENV: "2", **XLA_DOTS}
     assert cpu_devices.configure(mine) is None and mine["XLA_FLAGS"] == f"{cpu_devices.FLAG}=5"
+
+
+def test_ynn_dots_by_default_on_a_new_jaxlib_and_an_existing_flag_wins(monkeypatch):
+    monkeypatch.setattr(cpu_devices, "_jaxlib_version", lambda: (0, 10))
+    env = {cpu_devices.ENV: "1"}
+    cpu_devices.configure(env)
+    assert env["XLA_FLAGS"] == f"{cpu_devices.YNN_FLAG}=dot {cpu_devices.FLAG}=1"
+    mine = {"XLA_FLAGS": f"{cpu_devices.YNN_FLAG}= {cpu_devices.FLAG}=1"}
+    cpu_devices.configure(mine)  # an empty list: the user turned YNN fusions off
+    assert mine["XLA_FLAGS"] == f"{cpu_devices.YNN_FLAG}= {cpu_devices.FLAG}=1"
+    monkeypatch.setattr(cpu_devices, "_jaxlib_version", lambda: (0, 9))
+    old = {cpu_devices.ENV: "1"}
+    cpu_devices.configure(old)  # an older jaxlib would abort on the unknown flag
+    assert old["XLA_FLAGS"] == f"{cpu_devices.FLAG}=1"
+
+
+def test_bad_dots_names_the_variable():
+    with pytest.raises(ValueError, match=f"{cpu_devices.DOTS_ENV}='mkl'.*'ynn'.*'xla'"):
+        cpu_devices.configure({cpu_devices.DOTS_ENV: "mkl"})
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
