@@ -8,24 +8,27 @@ level, shape ``[L]`` per row. Every training goes through ``train.make_run``
 with ``hp['mask']`` (pruned weights start and stay exactly zero, updates are
 masked) and ``hp['theta_init']``.
 
-``make_pruning_run`` builds one such run holding the dense run and any of:
+Procedures, each for one network it is handed (``theta_D``, surviving
+``alive_D``) and returning ``(mask_LxD, train.Result)`` with a leading ``[L]``
+axis over the densities:
 
-* at init: score the initialisation, prune one-shot to each density, train
-  (random, magnitude, SNIP, GraSP, SynFlow);
-* after training, from the dense run's kept (best-validation) weights:
-    - one-shot: score, prune to each density, fine-tune;
-    - iterative: per level score the previous level's fine-tuned weights,
-      prune the survivors further, fine-tune (OBD's train-score-prune-retrain);
-    - IMP (lottery tickets): per level prune the smallest-magnitude survivors,
-      rewind them to their values at init (``rewind_epoch=0``) or after
-      ``rewind_epoch`` epochs of the dense run, and retrain the full schedule;
-      with ``control``, the same masks also train from a fresh random init
-      (the random-reinitialisation control).
+* ``one_shot``: score once, prune to each density, fine-tune each mask (at
+  init: the init's weights and the full training run);
+* ``iterative``: per level score the previous level's fine-tuned weights,
+  prune the survivors further, fine-tune (OBD's train-score-prune-retrain);
+* ``imp`` (lottery tickets): per level prune the smallest-magnitude
+  survivors, rewind them to given weights and retrain the full schedule; with
+  a reinit key the same masks also train from a fresh random init (the
+  random-reinitialisation control).
 
-All of them in one program keeps the number of compiled trainings at three
-(dense + at init, fine-tune, IMP), which dominates the cost of a quick run.
-``one_shot`` is the single-network form: it prunes weights it is handed (a
-trained teacher in ``memorization``) with any ``make_pruner`` and fine-tunes.
+``make_pruning_run`` composes them into one run: the dense run, the
+procedures at init, after training (from the dense run's kept weights) and
+IMP (rewound to init, ``rewind_epoch=0``, or to the dense run after
+``rewind_epoch`` epochs). It trains the at-init masks beside the dense run and
+fine-tunes every after-training arm in one scan, which keeps the number of
+compiled trainings at three (dense + at init, fine-tune, IMP): that dominates
+the cost of a quick run.
+
 Scorers come from ``scorers.REGISTRY`` (IMP is magnitude pruning by definition).
 
 Outputs are dicts ``{"<procedure>/<scorer>": Levels, "dense": train.Result}``
@@ -239,9 +242,9 @@ def imp(prune, run_train, score_key, train_key, thp, data, theta_D, alive_D, rew
     control); else ``control`` is ``None``. ``prune`` is the magnitude pruner, by definition.
     """
     def level(carry, xs):
-        mask_D, theta_D = carry
+        kept_D, trained_D = carry
         d, l = xs
-        new_D = prune(jax.random.fold_in(score_key, l), theta_D, d, mask_D, None)
+        new_D = prune(jax.random.fold_in(score_key, l), trained_D, d, kept_D, None)
         starts = [rewind_D] + ([init_D(jax.random.fold_in(reinit_key, l))]
                                if reinit_key is not None else [])
         res = jax.vmap(lambda th: _train_from(run_train, train_key, thp, data, th, new_D))(
