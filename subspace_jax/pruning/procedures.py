@@ -234,8 +234,9 @@ def _levels_of_arms(prunes, chained, score_keys, run_ft, train_key, thp, data, t
 
 def imp(prune, run_train, score_key, train_key, thp, data, theta_D, alive_D, rewind_D,
         densities_L, reinit_key=None, init_D=None):
-    """Iterative magnitude pruning (lottery tickets): per level prune the survivors of the
-    previous level's retrained weights (``theta_D`` first), rewind them to ``rewind_D``, retrain.
+    """Iterative magnitude pruning (lottery tickets): per level prune the survivors (``alive_D``
+    first) by the previous level's retrained weights (``theta_D`` first), rewind them to
+    ``rewind_D``, retrain.
 
     Returns ``(mask_LxD, ticket, control)``, Results ``[L]``. With ``reinit_key``, level
     ``l``'s mask also trains from the fresh init ``init_D(fold_in(reinit_key, l))`` (the
