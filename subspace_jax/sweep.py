@@ -14,6 +14,7 @@ the running epoch and a re-run continues from there with the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -67,8 +68,19 @@ def prepare(cfg, workdir: str):
     return wd, ds, train.Data.from_dataset(ds)
 
 
-# The running unit's checkpoint (set by run_units, taken by its first run_unit).
-_UNIT_CHECKPOINT: list = [None]
+_CURRENT_CHECKPOINT: list = [None]
+
+
+@contextlib.contextmanager
+def checkpointing(checkpoint):
+    """Makes ``checkpoint`` (a ``Workdir.checkpoint``) the one the block's first ``run_unit``
+    uses, then restores the one current before (``run_units`` sets each unit's)."""
+    previous = _CURRENT_CHECKPOINT[0]
+    _CURRENT_CHECKPOINT[0] = checkpoint
+    try:
+        yield checkpoint
+    finally:
+        _CURRENT_CHECKPOINT[0] = previous
 
 
 def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],
@@ -80,11 +92,11 @@ def run_unit(run_fn: Callable, seeds: Sequence[int], hp: dict[str, np.ndarray],
     ``labels`` are per-row values to copy into each record (e.g. ``d``).
     ``checkpoint`` (``Workdir.checkpoint(unit_id)``) saves the unit after each
     epoch and resumes it on re-run; by default, the first ``run_unit`` inside a
-    unit of ``run_units`` uses that unit's checkpoint. ``keep_params`` adds each run's kept flat
+    ``checkpointing`` block uses its checkpoint (``run_units``: the unit's). ``keep_params`` adds each run's kept flat
     parameters to its record as ``theta``.
     """
     if checkpoint is None:
-        checkpoint, _UNIT_CHECKPOINT[0] = _UNIT_CHECKPOINT[0], None  # one use per unit
+        checkpoint, _CURRENT_CHECKPOINT[0] = _CURRENT_CHECKPOINT[0], None  # one use per unit
     out = vectorize.vmapped_chunks(run_fn, vectorize.run_keys(seeds), hp, data, checkpoint)
     out = jax.device_get(out)
     records, rows = [], []
@@ -125,16 +137,14 @@ def run_units(wd: Workdir, units: Sequence[Unit], label: str) -> dict[str, list[
             progress.step(uid, skipped=True)
             continue
         t0 = time.time()
-        _UNIT_CHECKPOINT[0] = wd.checkpoint(uid)
         try:
-            records, rows = unit.thunk(uid)
+            with checkpointing(wd.checkpoint(uid)):
+                records, rows = unit.thunk(uid)
         except Exception as e:  # noqa: BLE001 - one failed unit never ends the sweep
             wd.write_json(f"runs/{uid}.failed.json",
                           {"error": repr(e), "traceback": traceback.format_exc()})
             progress.step(f"{uid} FAILED: {e!r}", time.time() - t0)
             continue
-        finally:
-            _UNIT_CHECKPOINT[0] = None
         for row in rows:
             row["unit"] = uid
         wd.finish_run(uid, {"unit": uid, "depends_on": unit.depends_on,

@@ -168,6 +168,8 @@ class EpochTicker:
         self.label, self.epochs, self.stream = label, epochs, stream
         self.seen: set[int] = set()
         self.start = time.time()
+        self.first: float | None = None  # time of the first epoch seen, and its number
+        self.first_epoch = 0
 
     def __call__(self, epoch, val_acc=None) -> None:
         e = int(epoch) + 1
@@ -176,7 +178,7 @@ class EpochTicker:
         self.seen.add(e)
         now = time.time()
         elapsed = now - self.start
-        if not hasattr(self, "first"):  # epoch 1 (or the first after a resume) includes
+        if self.first is None:  # epoch 1 (or the first after a resume) includes
             self.first, self.first_epoch = now, e  # compilation: later rates exclude it
             eta = elapsed * (self.epochs - e)
         else:

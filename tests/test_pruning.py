@@ -479,3 +479,38 @@ def test_every_registered_scorer_prunes_to_the_exact_density_and_one_line_adds_o
     got = P.make_pruner(TINY, lay, "smallest", pcfg, SHAPE)(None, theta_D, 0.3, alive_D, None)
     np.testing.assert_array_equal(got, masks.select(-jnp.abs(theta_D), lay, 0.3))
     assert not P.needs_batch(("smallest", "magnitude")) and P.needs_batch(("smallest", "obd"))
+
+
+def test_imp_prunes_a_network_it_is_handed(imp_out):
+    """``imp`` called on the fixture's dense weights gives its fused arm; handed level 1's
+    ticket and mask, its first level is the fused level 2."""
+    out, densities, key = imp_out
+    k = P.run_keys(key)
+    tcfg = C.train_config(epochs=2, batch_size=16, learning_rate=1e-2)  # as imp_out, row 0
+    pcfg = P.prune_config(mode="layerwise")
+    lay = masks.model_layout(TINY, ("w",))
+    init_D = models.flat(TINY).init_D
+    prune = P.make_pruner(TINY, lay, "magnitude", pcfg, SHAPE)
+    run_train = train.make_run(TINY, tcfg, C.subspace_config(0), 64)
+    thp = {"learning_rate": np.float32(1e-2), "weight_decay": np.float32(0),
+           "d_active": np.int32(0)}
+    imp = jax.jit(lambda theta_D, alive_D, dens_L: P.imp(
+        prune, run_train, k.score, k.train, thp, tiny_data(), theta_D, alive_D, init_D(k.init),
+        dens_L, k.reinit, init_D))
+    fused = out["imp/rewind0"]
+    mask_LxD, ticket, control = imp(out["dense"].params[0, 0], jnp.ones(lay.D), densities)
+    np.testing.assert_array_equal(mask_LxD > 0, fused.mask[0, 0])
+    np.testing.assert_allclose(ticket.params, fused.theta[0, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(control.final["train_loss"],
+                               out["imp_control/rewind0"].final["train_loss"][0, 0], rtol=1e-5)
+    # From level 1's ticket and mask: the next level, exact per-layer counts, survivors only;
+    # large dead weights must stay dead.
+    dens2_L = np.asarray([densities[1], densities[1] / 2], np.float32)  # of the full network
+    handed_D = fused.theta[0, 0, 0] + 10.0 * (1 - mask_LxD[0])
+    mask2_LxD, ticket2, _ = imp(handed_D, mask_LxD[0], dens2_L)
+    np.testing.assert_array_equal(mask2_LxD[0] > 0, fused.mask[0, 0, 1])
+    np.testing.assert_allclose(ticket2.params[0], fused.theta[0, 0, 1], rtol=1e-5, atol=1e-6)
+    kept = masks.leaf_counts(mask2_LxD[1], lay)
+    for i in lay.prunable_leaves:
+        assert kept[i] == masks.kept_count(dens2_L[1], lay.sizes[i]), lay.names[i]
+    assert not np.asarray((mask2_LxD[1] > 0) & (mask2_LxD[0] == 0)).any()

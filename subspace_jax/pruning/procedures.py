@@ -8,24 +8,27 @@ level, shape ``[L]`` per row. Every training goes through ``train.make_run``
 with ``hp['mask']`` (pruned weights start and stay exactly zero, updates are
 masked) and ``hp['theta_init']``.
 
-``make_pruning_run`` builds one such run holding the dense run and any of:
+Procedures, each for one network it is handed (``theta_D``, surviving
+``alive_D``) and returning ``(mask_LxD, train.Result)`` with a leading ``[L]``
+axis over the densities:
 
-* at init: score the initialisation, prune one-shot to each density, train
-  (random, magnitude, SNIP, GraSP, SynFlow);
-* after training, from the dense run's kept (best-validation) weights:
-    - one-shot: score, prune to each density, fine-tune;
-    - iterative: per level score the previous level's fine-tuned weights,
-      prune the survivors further, fine-tune (OBD's train-score-prune-retrain);
-    - IMP (lottery tickets): per level prune the smallest-magnitude survivors,
-      rewind them to their values at init (``rewind_epoch=0``) or after
-      ``rewind_epoch`` epochs of the dense run, and retrain the full schedule;
-      with ``control``, the same masks also train from a fresh random init
-      (the random-reinitialisation control).
+* ``one_shot``: score once, prune to each density, fine-tune each mask (at
+  init: the init's weights and the full training run);
+* ``iterative``: per level score the previous level's fine-tuned weights,
+  prune the survivors further, fine-tune (OBD's train-score-prune-retrain);
+* ``imp`` (lottery tickets): per level prune the smallest-magnitude
+  survivors, rewind them to given weights and retrain the full schedule; with
+  a reinit key the same masks also train from a fresh random init (the
+  random-reinitialisation control).
 
-All of them in one program keeps the number of compiled trainings at three
-(dense + at init, fine-tune, IMP), which dominates the cost of a quick run.
-``one_shot`` is the single-network form: it prunes weights it is handed (a
-trained teacher in ``memorization``) with any ``make_pruner`` and fine-tunes.
+``make_pruning_run`` composes them into one run: the dense run, the
+procedures at init, after training (from the dense run's kept weights) and
+IMP (rewound to init, ``rewind_epoch=0``, or to the dense run after
+``rewind_epoch`` epochs). It trains the at-init masks beside the dense run and
+fine-tunes every after-training arm in one scan, which keeps the number of
+compiled trainings at three (dense + at init, fine-tune, IMP): that dominates
+the cost of a quick run.
+
 Scorers come from ``scorers.REGISTRY`` (IMP is magnitude pruning by definition).
 
 Outputs are dicts ``{"<procedure>/<scorer>": Levels, "dense": train.Result}``
@@ -142,10 +145,14 @@ class Levels(NamedTuple):
     theta: Any = None               # kept (best-validation) params [L, D]; IMP tickets only
 
 
-def _level(res: train.Result, mask_D, lay, keep_mask: bool = True,
-           keep_theta: bool = False) -> Levels:
-    return Levels(res.history, res.final, masks.leaf_counts(mask_D, lay),
-                  mask_D > 0 if keep_mask else None, res.params if keep_theta else None)
+def _leaf_counts(mask_LxD, lay) -> jax.Array:
+    return jax.vmap(lambda m: masks.leaf_counts(m, lay))(mask_LxD)
+
+
+def _levels(res: train.Result, mask_LxD, lay, keep_mask: bool = True,
+            keep_theta: bool = False) -> Levels:
+    return Levels(res.history, res.final, _leaf_counts(mask_LxD, lay),
+                  mask_LxD > 0 if keep_mask else None, res.params if keep_theta else None)
 
 
 def _train_hp(hp):
@@ -163,17 +170,93 @@ def _with(tcfg, **fields):
 
 
 # ---------------------------------------------------------------- procedures
+def prune_levels(prune, key, theta_D, alive_D, densities_L, batch=None, guard_L=None):
+    """``theta_D`` scored once and cut to each density: ``mask_LxD`` (survivors of ``alive_D``).
+
+    ``guard_L``: the layer-collapse guard per level (``None``: the config's).
+    """
+    return jax.vmap(lambda d, g: prune(key, theta_D, d, alive_D, batch, g))(densities_L, guard_L)
+
+
+def train_masks(run, key, thp, data, theta_D, mask_NxD) -> train.Result:
+    """``run`` from ``theta_D`` under each mask (pruned weights zero), as one vmapped call."""
+    return jax.vmap(lambda m: _train_from(run, key, thp, data, theta_D, m))(mask_NxD)
+
+
 def one_shot(prune, run_ft, score_key, train_key, thp, data, theta_D, alive_D, densities_L,
              batch=None):
     """One network pruned once to each density, each mask fine-tuned: ``(mask_LxD, Result)``.
 
     ``prune`` from ``make_pruner``; ``run_ft`` a ``train.make_run`` (the masked
     fine-tuning, from the pruned ``theta_D``); ``thp`` its training hp. The
-    result's leaves gain a leading ``[L]`` axis.
+    result's leaves gain a leading ``[L]`` axis. Pruning at init is this with
+    the init and the full training run.
     """
-    mask_LxD = jax.vmap(lambda d: prune(score_key, theta_D, d, alive_D, batch))(densities_L)
-    res = jax.vmap(lambda m: _train_from(run_ft, train_key, thp, data, theta_D, m))(mask_LxD)
-    return mask_LxD, res
+    mask_LxD = prune_levels(prune, score_key, theta_D, alive_D, densities_L, batch)
+    return mask_LxD, train_masks(run_ft, train_key, thp, data, theta_D, mask_LxD)
+
+
+def iterative(prune, run_ft, score_key, train_key, thp, data, theta_D, alive_D, densities_L,
+              batch=None):
+    """Per level: score the previous level's fine-tuned weights (``theta_D`` first), prune its
+    survivors (``alive_D`` first) to the density, fine-tune: ``(mask_LxD, Result [L])``.
+
+    Level ``l`` scores with ``fold_in(score_key, l)``.
+    """
+    mask_AxLxD, res = _levels_of_arms((prune,), (True,), (score_key,), run_ft, train_key, thp,
+                                      data, theta_D, alive_D, densities_L, batch)
+    return mask_AxLxD[0], jax.tree.map(lambda a: a[0], res)
+
+
+def _levels_of_arms(prunes, chained, score_keys, run_ft, train_key, thp, data, theta_D, alive_D,
+                    densities_L, batch):
+    """Arms pruned and fine-tuned level by level, one vmapped fine-tune per level:
+    ``(mask_AxLxD, Result [A, L])``. A chained arm is ``iterative``; an unchained one
+    prunes ``(theta_D, alive_D)`` afresh at every level (one-shot)."""
+    n_a = len(prunes)
+    chained_Ax1 = jnp.asarray(chained)[:, None]
+
+    def level(carry, xs):
+        mask_AxD, theta_AxD = carry
+        d, l = xs
+        new_AxD = jnp.stack([prune(jax.random.fold_in(key, l), theta_AxD[i], d, mask_AxD[i], batch)
+                             for i, (prune, key) in enumerate(zip(prunes, score_keys))])
+        res = jax.vmap(lambda m, th: _train_from(run_ft, train_key, thp, data, th, m))(
+            new_AxD, theta_AxD)
+        carry = (jnp.where(chained_Ax1, new_AxD, mask_AxD),
+                 jnp.where(chained_Ax1, res.params, theta_AxD))
+        return carry, (new_AxD, res)
+
+    init = (jnp.tile(alive_D, (n_a, 1)), jnp.tile(theta_D, (n_a, 1)))
+    _, out = lax.scan(level, init, (densities_L, jnp.arange(densities_L.shape[0])))
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [L, A, ...] -> [A, L, ...]
+
+
+def imp(prune, run_train, score_key, train_key, thp, data, theta_D, alive_D, rewind_D,
+        densities_L, reinit_key=None, init_D=None):
+    """Iterative magnitude pruning (lottery tickets): per level prune the survivors (``alive_D``
+    first) by the previous level's retrained weights (``theta_D`` first), rewind them to
+    ``rewind_D``, retrain.
+
+    Returns ``(mask_LxD, ticket, control)``, Results ``[L]``. With ``reinit_key``, level
+    ``l``'s mask also trains from the fresh init ``init_D(fold_in(reinit_key, l))`` (the
+    control); else ``control`` is ``None``. ``prune`` is the magnitude pruner, by definition.
+    """
+    def level(carry, xs):
+        kept_D, trained_D = carry
+        d, l = xs
+        new_D = prune(jax.random.fold_in(score_key, l), trained_D, d, kept_D, None)
+        starts = [rewind_D] + ([init_D(jax.random.fold_in(reinit_key, l))]
+                               if reinit_key is not None else [])
+        res = jax.vmap(lambda th: _train_from(run_train, train_key, thp, data, th, new_D))(
+            jnp.stack(starts))
+        arm = lambda i: jax.tree.map(lambda a: a[i], res)
+        return (new_D, arm(0).params), (new_D, arm(0), arm(1) if len(starts) > 1 else None)
+
+    return lax.scan(level, (alive_D, theta_D), (densities_L, jnp.arange(densities_L.shape[0])))[1]
+
+
+_imp = imp  # make_pruning_run's ``imp`` flag shadows the procedure
 
 
 def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] = (),
@@ -190,13 +273,13 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
         training serves both;
       ``one_shot/<s>``, ``iterative/<s>``: ``Levels``, pruned from the dense
         run's kept weights (one-shot) or from the previous level's fine-tuned
-        weights (iterative), then fine-tuned ``pcfg.finetune_epochs`` epochs;
-        both kinds share one scan over levels and one vmapped fine-tune;
+        weights (``iterative``), then fine-tuned ``pcfg.finetune_epochs`` epochs;
+        both kinds share one scan over levels and one vmapped fine-tune (so
+        one-shot here re-scores at every level, unlike ``one_shot``);
       ``imp/rewind<k>`` (and ``imp_control/rewind<k>`` with ``control``):
-        ``Levels`` of iterative magnitude pruning: prune the survivors, rewind
-        them to init (k = 0) or to the weights after k epochs, retrain
-        ``tcfg.epochs`` epochs; the control trains the same mask from a fresh
-        random init;
+        ``Levels`` of ``imp`` from the dense run's kept weights, rewound to
+        init (k = 0) or to the weights after k epochs, retrained ``tcfg.epochs``
+        epochs; the control trains the same mask from a fresh random init;
       ``collapse/<s>``: kept weights per leaf ``[Lc, n_leaves]`` of the at-init
         masks *without* the collapse guard at ``hp['collapse_densities']``
         (no training), for the layer-collapse measure.
@@ -234,67 +317,41 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
         if collapse:  # unguarded masks ride along in the same vmap (scores computed once)
             dens = jnp.concatenate([dens, hp["collapse_densities"]])
             guard = jnp.concatenate([guard, jnp.zeros(hp["collapse_densities"].shape[0], bool)])
-        per_scorer = [
-            jax.vmap(lambda d, g, s=s, i=i: pruners[s](jax.random.fold_in(k.score, i), theta0_D,
-                                                       d, ones, batch, g))(dens, guard)
-            for i, s in enumerate(at_init)]
+        per_scorer = [prune_levels(pruners[s], jax.random.fold_in(k.score, i), theta0_D, ones,
+                                   dens, batch, guard) for i, s in enumerate(at_init)]
         n_s = len(at_init)
         m_SxLxD = jnp.stack(per_scorer) if n_s else jnp.zeros((0, dens.shape[0], lay.D))
-        flat = jnp.concatenate([ones[None], m_SxLxD[:, :L].reshape(n_s * L, lay.D)])
-        res = jax.vmap(lambda m: _train_from(run_train, k.train, thp, data, theta0_D, m))(flat)
+        res = train_masks(run_train, k.train, thp, data, theta0_D,
+                          jnp.concatenate([ones[None], m_SxLxD[:, :L].reshape(n_s * L, lay.D)]))
         out = {"dense": jax.tree.map(lambda a: a[0], res)}
-        if n_s:
-            levels = jax.vmap(lambda r, m: _level(r, m, lay))(
-                jax.tree.map(lambda a: a[1:], res), flat[1:])
-            stacked = jax.tree.map(lambda a: a.reshape(n_s, L, *a.shape[1:]), levels)
-            out.update({f"at_init/{s}": jax.tree.map(lambda a: a[i], stacked)
-                        for i, s in enumerate(at_init)})
+        res_SxL = jax.tree.map(lambda a: a[1:].reshape(n_s, L, *a.shape[1:]), res)
+        out.update({f"at_init/{s}": _levels(jax.tree.map(lambda a: a[i], res_SxL),
+                                            m_SxLxD[i, :L], lay)
+                    for i, s in enumerate(at_init)})
         if collapse:
-            kept = jax.vmap(jax.vmap(lambda m: masks.leaf_counts(m, lay)))(m_SxLxD[:, L:])
-            out.update({f"collapse/{s}": kept[i] for i, s in enumerate(at_init)})
+            out.update({f"collapse/{s}": _leaf_counts(m_SxLxD[i, L:], lay)
+                        for i, s in enumerate(at_init)})
         return out
 
-    def finetune(k, thp, data, batch, theta_T, densities):
-        n_a = len(arms)
-        chained = jnp.asarray([p == "iterative" for p, _ in arms])[:, None]
+    def after_training(k, thp, data, batch, theta_T, densities_L):
+        mask_AxLxD, res = _levels_of_arms(
+            [pruners[s] for _, s in arms], [p == "iterative" for p, _ in arms],
+            [jax.random.fold_in(k.score, 100 + i) for i in range(len(arms))],
+            run_ft, k.train, thp, data, theta_T, ones, densities_L, batch)
+        return {f"{p}/{s}": _levels(jax.tree.map(lambda a: a[i], res), mask_AxLxD[i], lay)
+                for i, (p, s) in enumerate(arms)}
 
-        def level(carry, xs):
-            mask_AxD, theta_AxD = carry  # one-shot arms keep (ones, theta_T) throughout
-            d, l = xs
-            new_AxD = jnp.stack([
-                pruners[s](jax.random.fold_in(jax.random.fold_in(k.score, 100 + i), l),
-                           theta_AxD[i], d, mask_AxD[i], batch)
-                for i, (_, s) in enumerate(arms)])
-            res = jax.vmap(lambda m, th: _train_from(run_ft, k.train, thp, data, th, m))(
-                new_AxD, theta_AxD)
-            carry = (jnp.where(chained, new_AxD, mask_AxD),
-                     jnp.where(chained, res.params, theta_AxD))
-            return carry, jax.vmap(lambda r, m: _level(r, m, lay))(res, new_AxD)
-
-        init = (jnp.ones((n_a, lay.D), jnp.float32), jnp.tile(theta_T, (n_a, 1)))
-        _, lv = lax.scan(level, init, (densities, jnp.arange(densities.shape[0])))
-        lv = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), lv)  # [L, A, ...] -> [A, L, ...]
-        return {f"{p}/{s}": jax.tree.map(lambda a: a[i], lv) for i, (p, s) in enumerate(arms)}
-
-    def lottery(k, thp, data, theta0_D, theta_T, densities):
+    def lottery(k, thp, data, theta0_D, theta_T, densities_L):
         rewind_D = (run_snap(k.train, {**thp, "theta_init": theta0_D}, data).params
                     if rewind_epoch else theta0_D)
-
-        def level(carry, xs):
-            mask_D, theta_D = carry
-            d, l = xs
-            new_D = pruners["magnitude"](k.score, theta_D, d, mask_D, None)
-            starts = [rewind_D] + ([init_D(jax.random.fold_in(k.reinit, l))] if control else [])
-            res = jax.vmap(lambda th: _train_from(run_train, k.train, thp, data, th, new_D))(
-                jnp.stack(starts))
-            arm = lambda i: jax.tree.map(lambda a: a[i], res)
-            levels = {f"imp/rewind{rewind_epoch}": _level(arm(0), new_D, lay, keep_theta=True)}
-            if control:
-                levels[f"imp_control/rewind{rewind_epoch}"] = _level(arm(1), new_D, lay,
-                                                                     keep_mask=False)
-            return (new_D, arm(0).params), levels
-
-        return lax.scan(level, (ones, theta_T), (densities, jnp.arange(densities.shape[0])))[1]
+        mask_LxD, ticket, ctrl = _imp(pruners["magnitude"], run_train, k.score, k.train, thp,
+                                      data, theta_T, ones, rewind_D, densities_L,
+                                      k.reinit if control else None, init_D)
+        out = {f"imp/rewind{rewind_epoch}": _levels(ticket, mask_LxD, lay, keep_theta=True)}
+        if control:
+            out[f"imp_control/rewind{rewind_epoch}"] = _levels(ctrl, mask_LxD, lay,
+                                                               keep_mask=False)
+        return out
 
     def run(key, hp, data):
         k = run_keys(key)
@@ -304,7 +361,7 @@ def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] 
         out = dense_and_at_init(k, thp, data, batch, theta0_D, hp)
         theta_T = out["dense"].params  # best-validation weights of the dense run
         if arms:
-            out.update(finetune(k, thp, data, batch, theta_T, hp["densities"]))
+            out.update(after_training(k, thp, data, batch, theta_T, hp["densities"]))
         if imp:
             out.update(lottery(k, thp, data, theta0_D, theta_T, hp["densities"]))
         return out
