@@ -12,6 +12,9 @@ Rows (batch 64, Adam lr 1e-3, real MNIST, through ``train.make_run`` and
                    on a CPU mapped per device, ``vectorize.seed_form``)
   golf             the 820-param golf CNN (convs 4,5,4; kernels 4,3,3; PReLU), one trial
   golf 8 trials    8 trials of it (8 learning rates) vmapped, aggregate
+  ..., XLA dots    the one-run rows again in a child process with XLA's own
+                   matmuls (``SUBSPACE_JAX_CPU_DOTS=xla``), against the default
+                   YNNPACK ones
 
 Each row is reported as a ratio to the matching PyTorch run (one run; its
 threads = the cores), as a ratio to one JAX run of the same model
@@ -53,6 +56,7 @@ from subspace_jax import data, models, train, vectorize  # noqa: E402
 
 BATCH = 64
 CONV, GOLF = "conv_subspace", "golf_prelu"
+XLA_DOTS = ("conv full", "golf 820, one trial")  # re-run with XLA's own dots
 ROWS = (  # name, model, d, seeds, rows of hp, torch reference
     ("conv full", CONV, 0, 1, 1, "conv full"),
     ("conv subspace d=1000", CONV, 1000, 1, 1, "conv subspace d=1000"),
@@ -184,11 +188,29 @@ def torch_images_per_s(kind: str, steps: int, warmup: int = 20) -> float:
     return steps * BATCH / (time.perf_counter() - t0)
 
 
+def xla_dots_rows(steps: int) -> dict:
+    """The ``XLA_DOTS`` rows measured in a child process with XLA's own matmuls."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "xla.json")
+        env = {**os.environ, cpu_devices.DOTS_ENV: "xla"}
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                    if not f.startswith(cpu_devices.YNN_FLAG))
+        subprocess.run([sys.executable, os.path.abspath(__file__), f"--steps={steps}",
+                        "--no-torch", f"--out={out}", "--only=" + ";".join(XLA_DOTS)],
+                       env=env, check=True)
+        with open(out) as f:
+            child = json.load(f)
+    return {f"{name}, XLA dots": r for name, r in child["results"].items()}
+
+
 def markdown(result: dict) -> str:
     lines = [f"CPU: {result['cpu']} ({result['cores']} cores), {result['xla_devices']} XLA CPU "
              f"devices, jax {result['jax']}, torch {result.get('torch', '-')} "
              f"({result.get('torch_threads', '-')} threads); matmul peak "
-             f"{result['matmul_peak_gflops']:.0f} GFLOP/s; {result['date']}.", "",
+             f"{result['matmul_peak_gflops']:.0f} GFLOP/s; matmuls: "
+             f"{'YNNPACK' if result.get('dots') == 'ynn' else 'XLA'}; {result['date']}.", "",
              "| work (batch 64, Adam) | project img/s | PyTorch img/s | ratio to PyTorch "
              "| ratio to one project run | % of matmul peak |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -206,6 +228,8 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--markdown", metavar="JSON", help="print the table of a result file")
+    parser.add_argument("--only", default="", help="rows to run, names joined by ';' "
+                        "(default: all, plus the XLA-dots rows)")
     args = parser.parse_args()
     if args.markdown:
         with open(args.markdown) as f:
@@ -213,12 +237,18 @@ def main():
         return
     if args.steps < 10:
         parser.error(f"--steps={args.steps}: use at least 10 steps")
+    only = [n for n in args.only.split(";") if n]
+    unknown = sorted(set(only) - {r[0] for r in ROWS})
+    if unknown:
+        parser.error(f"--only: unknown rows {unknown}; rows are {[r[0] for r in ROWS]}")
 
     peak = matmul_peak_gflops()
     print(f"{cpu_model()}: {jax.device_count()} XLA devices, matmul peak {peak:.0f} GFLOP/s",
           flush=True)
     rows, one_run = {}, {}
     for name, model, d, seeds, n_rows, _ in ROWS:
+        if only and name not in only:
+            continue
         ips = jax_images_per_s(model, args.steps, d, seeds, n_rows)
         flops = flops_per_image(model, d)
         if seeds * n_rows == 1:
@@ -228,14 +258,21 @@ def main():
                       "peak_fraction": ips * flops / (peak * 1e9)}
         print(f"jax   {name:28s} {ips:9.0f} images/s  ({rows[name]['vs_one_run']:.2f}x one run, "
               f"{100 * rows[name]['peak_fraction']:.1f}% of peak)", flush=True)
+    if not only:
+        for name, r in xla_dots_rows(args.steps).items():  # as fractions of this peak
+            rows[name] = {**r, "peak_fraction": r["jax"] * r["flops_per_image"] / (peak * 1e9)}
     result = {"batch": BATCH, "optimizer": "adam", "steps": args.steps, "cpu": cpu_model(),
               "cores": cpu_devices.cores(), "xla_devices": jax.device_count(),
+              "dots": "ynn" if cpu_devices.YNN_FLAG in os.environ.get("XLA_FLAGS", "") else "xla",
               "matmul_peak_gflops": peak, "jax": jax.__version__,
               "date": time.strftime("%Y-%m-%d"), "results": rows}
     if not args.no_torch:
         import torch
-        refs = {ref: torch_images_per_s(ref, args.steps) for ref in {r[5] for r in ROWS}}
-        for name, *_, ref in ROWS:
+        ref_of = {r[0]: r[5] for r in ROWS}
+        ref_of.update({f"{n}, XLA dots": ref_of[n] for n in XLA_DOTS})
+        refs = {ref: torch_images_per_s(ref, args.steps) for ref in {ref_of[n] for n in rows}}
+        for name in rows:
+            ref = ref_of[name]
             rows[name]["torch"] = refs[ref]
             rows[name]["ratio"] = rows[name]["jax"] / refs[ref]
             print(f"torch {ref:28s} {refs[ref]:9.0f} images/s   {name}: "
