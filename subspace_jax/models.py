@@ -157,10 +157,23 @@ def _conv_out(size, kernels, pools):
 LAYER_KINDS = ("conv", "depthwise", "gap", "flatten", "dense")
 
 
-def _activate(h, activation: str, p):
+ACTIVATIONS = ("relu", "prelu", "leaky_relu", "none")
+PADDINGS = ("valid", "same")
+
+
+def _activate(h, layer: dict, p):
+    activation = layer.get("activation", "none")
     if activation == "prelu":
         return prelu(h, p["slope"])
+    if activation == "leaky_relu":  # a fixed slope, stored in the arch: not a parameter
+        return jnp.where(h >= 0, h, float(layer["alpha"]) * h)
     return jax.nn.relu(h) if activation == "relu" else h
+
+
+def pad_same(x_NHWC, k: int):
+    """Zero padding for a stride-1 'same' convolution of kernel ``k``: ``(k - 1) // 2``
+    rows/columns before, ``k // 2`` after (TensorFlow's rule), so H stays H."""
+    return jnp.pad(x_NHWC, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))
 
 
 BN_EPS = 1e-5
@@ -203,7 +216,8 @@ def fold_bn(model: Model, params, x_NHWC):
         p = dict(params.get(layer.get("name"), {}))
         if layer.get("bn"):
             gamma, beta = p.pop("gamma"), p.pop("beta")
-            mean, var = moments(conv2d(h, p["w"], p["b"]))
+            h_in = pad_same(h, int(layer["kernel"])) if layer.get("padding") == "same" else h
+            mean, var = moments(conv2d(h_in, p["w"], p["b"]))
             scale = gamma * lax.rsqrt(var + BN_EPS)
             p["w"], p["b"] = p["w"] * scale, (p["b"] - mean) * scale + beta
             layer = {k: v for k, v in layer.items() if k != "bn"}
@@ -220,15 +234,17 @@ def _forward_layer(layer: dict, p, h, conv_impl: str = "slice"):
         return h.reshape(h.shape[0], -1)
     if kind == "gap":
         return h.mean(axis=(1, 2))
+    if kind in ("conv", "depthwise") and layer.get("padding", "valid") == "same":
+        h = pad_same(h, int(layer["kernel"]))
     if kind == "conv":
         h = conv2d(h, p["w"], p["b"], conv_impl)
         if layer.get("bn"):  # training form
             h = batch_norm(h, p["gamma"], p["beta"], *moments(h))
-    elif kind == "depthwise":
-        h = depthwise2d(h, p["w"], p["b"], conv_impl)
+    elif kind == "depthwise":  # "bias": false (Keras' SeparableConv2D): no depthwise bias
+        h = depthwise2d(h, p["w"], p.get("b", 0.0), conv_impl)
     else:
         h = h @ p["w"] + p["b"]
-    h = _activate(h, layer.get("activation", "none"), p)
+    h = _activate(h, layer, p)
     return maxpool2(h) if layer.get("pool") else h
 
 
@@ -241,6 +257,15 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
     for layer in layers:
         if layer["kind"] not in LAYER_KINDS:
             raise ValueError(f"arch layer kind {layer['kind']!r}; valid: {', '.join(LAYER_KINDS)}")
+        if layer.get("activation", "none") not in ACTIVATIONS:
+            raise ValueError(f"arch layer activation {layer['activation']!r}; valid: "
+                             f"{', '.join(ACTIVATIONS)}")
+        if layer.get("activation") == "leaky_relu" and not isinstance(layer.get("alpha"),
+                                                                         (int, float)):
+            raise ValueError("a leaky_relu layer needs its fixed slope as a number 'alpha'")
+        if layer.get("padding", "valid") not in PADDINGS:
+            raise ValueError(f"arch layer padding {layer['padding']!r}; valid: "
+                             f"{', '.join(PADDINGS)}")
     trainable = [layer for layer in layers if layer["kind"] in ("conv", "depthwise", "dense")]
 
     def init(key):
@@ -250,10 +275,12 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
                 p = _conv_init(k, layer["kernel"], layer["in"], layer["out"])
             elif layer["kind"] == "depthwise":
                 p = _depthwise_init(k, layer["kernel"], layer["channels"])
+                if not layer.get("bias", True):
+                    del p["b"]
             else:
                 p = _dense_init(k, layer["in"], layer["out"])
             if layer.get("activation") == "prelu":
-                p["slope"] = jnp.full(p["b"].shape, 0.25, jnp.float32)
+                p["slope"] = jnp.full(p["w"].shape[-1:], 0.25, jnp.float32)
             if layer.get("bn"):
                 p["gamma"] = jnp.ones(p["b"].shape, jnp.float32)
                 p["beta"] = jnp.zeros(p["b"].shape, jnp.float32)
@@ -600,14 +627,15 @@ def param_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
         elif layer["kind"] == "depthwise":
             k = layer["kernel"]
             shapes[f"{n}/w"] = (k, k, layer["channels"])
-            shapes[f"{n}/b"] = (layer["channels"],)
+            if layer.get("bias", True):
+                shapes[f"{n}/b"] = (layer["channels"],)
         elif layer["kind"] == "dense":
             shapes[f"{n}/w"] = (layer["in"], layer["out"])
             shapes[f"{n}/b"] = (layer["out"],)
         if layer.get("activation") == "prelu":
-            shapes[f"{n}/slope"] = shapes[f"{n}/b"]
+            shapes[f"{n}/slope"] = shapes[f"{n}/w"][-1:]
         if layer.get("bn"):  # training form only; folded away at export
-            shapes[f"{n}/gamma"] = shapes[f"{n}/beta"] = shapes[f"{n}/b"]
+            shapes[f"{n}/gamma"] = shapes[f"{n}/beta"] = shapes[f"{n}/w"][-1:]
     return shapes
 
 

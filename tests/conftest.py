@@ -21,3 +21,13 @@ def unit_file(workdir, name: str, suffix: str = ".json"):
     pattern = re.compile(re.escape(name) + r"_[0-9a-f]{10}" + re.escape(suffix) + "$")
     (found,) = [f for f in os.listdir(runs) if pattern.match(f)]
     return os.path.join(runs, found)
+
+
+def check_model():
+    """tools/check_model.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "check_model", os.path.join(ROOT, "tools", "check_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -92,6 +92,7 @@ def _validate(name, **fields):
     ("memorization", "distill__learning_rate", float("nan")),
     ("lottery", "train__learning_rate", 0.0),
     ("zoo", "train__weight_decay", -1e-4),
+    ("golf_records", "train__hexhowells_820__learning_rate", 0.0),
 ])
 def test_learning_rates_must_be_finite_and_positive(name, path, value):
     field = path.replace("__", ".")
@@ -114,6 +115,8 @@ def test_learning_rates_must_be_finite_and_positive(name, path, value):
     ("zoo", "train__batch_size", 0, "config.train.batch_size"),
     ("zoo", "train__optimizer", "adagrad", "config.train.optimizer"),
     ("zoo", "data__random_label_fraction", float("nan"), "config.data.random_label_fraction"),
+    ("golf_records", "recipes", ("nope",), "config.recipes"),
+    ("golf_records", "seeds", (0, 0), "config.seeds"),
 ])
 def test_bad_values_name_the_field(name, path, value, match):
     with pytest.raises(errors.InputError, match=match.replace("(", r"\(").replace(".", r"\.")):
@@ -121,7 +124,7 @@ def test_bad_values_name_the_field(name, path, value, match):
 
 
 def test_every_quick_config_passes_validation():
-    for name in ("golf", "golf_prune", "interpret", "intrinsic_dimension", "lottery",
+    for name in ("golf", "golf_prune", "golf_records", "interpret", "intrinsic_dimension", "lottery",
                  "memorization", "pruning_compare", "subspace_sweep", "wann", "zoo"):
         _validate(name)
 

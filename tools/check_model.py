@@ -32,7 +32,13 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
     stride-1 "valid" depthwise convolution, one k x k filter per channel,
     ``y[h, w, c] = b[c] + sum_{i, j} x[h + i, w + j, c] * W[i, j, c]``; no
     activation, no pooling. (A depthwise-separable conv is this layer followed
-    by a ``conv`` layer with ``kernel`` 1.)
+    by a ``conv`` layer with ``kernel`` 1.) ``"bias": false``: no ``b``
+    (Keras' separable convs; the pointwise bias after it absorbs one).
+  - Optional on ``conv`` and ``depthwise``: ``"padding": "same"`` zero-pads
+    (after normalisation) ``(k - 1) // 2`` rows and columns before and
+    ``k // 2`` after, so ``H`` stays ``H``; absent or ``"valid"``: no padding.
+    Optional activation ``"leaky_relu"`` with a fixed ``"alpha"`` (a number in
+    the layer, not a parameter): ``y`` if ``y >= 0`` else ``alpha * y``.
   - ``{"kind": "gap"}``: global average pooling, ``H x W x C`` to the vector
     of the ``C`` channel means over all positions.
   - ``{"kind": "flatten"}``: ``H x W x C`` to a vector in row-major order
@@ -46,7 +52,8 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
 * One float32 array per parameter, named ``<layer name>/<param>``:
   ``conv*/w`` (``k x k x in x out``), ``conv*/b`` (``out``), ``conv*/slope``
   (``out``, prelu only), ``dw*/w`` (``k x k x channels``), ``dw*/b``
-  (``channels``), ``dense*/w`` (``in x out``), ``dense*/b`` (``out``).
+  (``channels``; absent with ``"bias": false``), ``dense*/w`` (``in x out``),
+  ``dense*/b`` (``out``).
   (Parameters are found by the layer's ``name``; the prefixes are the
   convention of the files this repository writes.)
 
@@ -135,6 +142,30 @@ def depthwise_valid(x_NHWC, w_KKC, b_C):
     return np.einsum("nhwcij,ijc->nhwc", win, w_KKC, optimize=True) + b_C
 
 
+def pad(x_NHWC, layer: dict):
+    """The layer's ``padding``: 'same' zero-pads (k - 1) // 2 before, k // 2 after."""
+    mode = layer.get("padding", "valid")
+    if mode == "valid":
+        return x_NHWC
+    if mode != "same":
+        raise ValueError(f"unknown padding {mode!r}")
+    k = int(layer["kernel"])
+    return np.pad(x_NHWC, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))
+
+
+def activate(h, layer: dict, p: dict):
+    act, n = layer.get("activation", "none"), layer.get("name")
+    if act == "prelu":
+        return np.where(h >= 0, h, p[n + "/slope"] * h)
+    if act == "leaky_relu":
+        return np.where(h >= 0, h, float(layer["alpha"]) * h)
+    if act == "relu":
+        return np.maximum(h, 0)
+    if act != "none":
+        raise ValueError(f"unknown {layer['kind']} activation {act!r}")
+    return h
+
+
 def maxpool2(x_NHWC):
     n, h, w, c = x_NHWC.shape
     x = x_NHWC[:, :h // 2 * 2, :w // 2 * 2]
@@ -149,18 +180,13 @@ def forward(desc: dict, arrays: dict[str, np.ndarray], x_NHWC: np.ndarray) -> np
         kind = layer["kind"]
         if kind == "conv":
             n = layer["name"]
-            h = conv_valid(h, p[n + "/w"], p[n + "/b"])
-            if layer["activation"] == "prelu":
-                h = np.where(h >= 0, h, p[n + "/slope"] * h)
-            elif layer["activation"] == "relu":
-                h = np.maximum(h, 0)
-            else:
-                raise ValueError(f"unknown conv activation {layer['activation']!r}")
+            h = activate(conv_valid(pad(h, layer), p[n + "/w"], p[n + "/b"]), layer, p)
             if layer["pool"]:
                 h = maxpool2(h)
         elif kind == "depthwise":
             n = layer["name"]
-            h = depthwise_valid(h, p[n + "/w"], p[n + "/b"])
+            b = p[n + "/b"] if layer.get("bias", True) else 0.0
+            h = depthwise_valid(pad(h, layer), p[n + "/w"], b)
         elif kind == "gap":
             h = h.mean(axis=(1, 2))
         elif kind == "flatten":

@@ -837,6 +837,11 @@ python launch.py --experiment=golf --workdir=runs/golf_ref_space_16ep \\
     --config.search.batches=2 --config.search.random_batches=1
 # 8-epoch row: the same with --config.space.epochs='(8,)' --workdir=runs/golf_ref_space
 python tools/check_model.py docs/results/golf/golf_966_dense.npz    # the exported seed-0 model
+# The published records' own recipes under this protocol (experiments/golf_records.py; not yet
+# run to the end, no results committed): 5 seeds each, then the 820 net pruned on validation.
+python launch.py --experiment=golf_records --workdir=runs/golf_records
+python launch.py --experiment=golf_prune --config.model_file=runs/golf_records/hexhowells_820.npz \\
+    --workdir=runs/golf_records_prune_820
 """
     return page("golf: the fewest parameters for 98% / 99%", "golf", commands, body, note=MIXED)
 
@@ -1061,7 +1066,8 @@ PAGES = {"subspace_sweep": subspace_sweep, "intrinsic_dimension": intrinsic_dime
          "memorization": memorization, "lottery": lottery, "pruning_compare": pruning_compare,
          "wann": wann, "zoo": zoo, "golf": golf, "golf_prune": golf_prune,
          "interpret": interpret, "frontier": frontier}
-ON_PAGE: dict[str, str] = {}   # experiments whose results live on another experiment's page
+ON_PAGE: dict[str, str] = {"golf_records": "golf"}   # experiments whose results live on
+# another experiment's page
 
 
 def throughput(root: str) -> str:
