@@ -784,6 +784,23 @@ def golf_pruned(root: str) -> dict:
     return {"rows": rows, "nonzero": mean_sd(nz), "val": mean_sd(val), "test": mean_sd(test)}
 
 
+GOLF_RECORDS = "golf/records"  # experiments/golf_records.py, its summary.json committed here
+
+
+def golf_records_section(root: str) -> list[str]:
+    """The published recipes re-trained under this protocol: golf_records' own table."""
+    if not exists(root, f"{GOLF_RECORDS}/summary.json"):
+        return []
+    import importlib
+    experiment = importlib.import_module("experiments.golf_records")  # its own text
+    s = load(root, f"{GOLF_RECORDS}/summary.json")
+    missing = [r for r in experiment.RECIPES if r not in s["recipes"]]
+    return ["### The published recipes under this protocol", "",
+            experiment.markdown(s).rstrip("\n"), "",
+            f"Data: `docs/results/{GOLF_RECORDS}/summary.json`. "
+            + (f"Not run yet: {', '.join(missing)}. " if missing else "") + "", ""]
+
+
 def golf(root: str) -> str:
     rows, reach = [], []
     for rel, what, protocol in GOLF_RUNS:
@@ -822,6 +839,7 @@ def golf(root: str) -> str:
         "", *table(["search", "protocol", "trials", "target", "trial", "params",
                     "val acc %", "decide acc %"], reach, "llrrlrrr"), "",
         f"Published records: {published}.", "",
+        *golf_records_section(root),
         figure("golf_search_gpu_budget1000.png", "golf search, H100"),
         figure("golf_search_cpu_ref_space.png", "golf search, CPU"), "",
         "Brute-force pruning of the exported model: [golf_prune](golf_prune.md); what the "
