@@ -309,10 +309,10 @@ def markdown(summary: dict) -> str:
     lines = ["Published tiny-MNIST records re-trained here: the epoch and the headline seed "
              "chosen on the choosing validation half; the chosen seed's deciding-half and "
              "test accuracy (test scored once per run); mean ± sd over the ok seeds.", "",
-             "| recipe | claimed | claimed count | claim test-selected | ours test % "
-             "(mean ± sd) | seeds ok / diverged | chosen seed | its decide acc % | "
-             "its test acc % | params (non-zero) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| recipe | claimed | claimed count | claim test-selected | epochs here | "
+             "ours test % (mean ± sd) | seeds ok / diverged | chosen seed | "
+             "its decide acc % | its test acc % | params (non-zero) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in summary["recipes"].items():
         c, ch = row["claim"], row["chosen"]
         count = (f"{c['nonzero']:,} of {c['dense']:,}" if c["nonzero"] != c["dense"]
@@ -324,6 +324,7 @@ def markdown(summary: dict) -> str:
                     f"| {row['dense_params']:,} ({ch['nonzero_params']:,})")
         lines.append(f"| {name} | {c['what']} | {count} | "
                      f"{'yes' if c['test_selected'] else 'no'}: {c['selected']} | "
+                     f"{row['train']['epochs']} | "
                      f"{sweep.fmt_pct(row['test_acc_mean'], row['test_acc_sd'])} | "
                      f"{row['ok']} / {row['diverged']} | {tail} |")
     if summary["failed_units"]:
