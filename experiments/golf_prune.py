@@ -8,66 +8,35 @@
         --config.threshold=0.99 --workdir=runs/golf_prune_99
     python launch.py --experiment=golf_prune --quick        # no input needed: trains a tiny model
 
-The start model is ``model_file`` (``export.export_model`` format) or seed
-``golf_seed`` of a golf workdir's final runs (``golf_workdir``: its
-``runs/final.json`` holds every seed's kept flat params ``theta`` and the
-recipe ``params``, its ``config.json`` the space; exported here to
-WORKDIR/golf_seed{K}.npz, which ``tools/check_model.py`` can score).
+The start model is ``model_file`` (``export.export_model`` format) or seed ``golf_seed`` of a
+golf workdir's final runs (``golf_workdir``), exported to WORKDIR/golf_seed{K}.npz, which
+``tools/check_model.py`` can score. Brute force (``subspace_jax/pruning/brute_force.py``: the
+rule that the validation half that chooses never decides, the schedule, the 0.5% margin, the
+cost) repeatedly removes the parameters (weights, biases, PReLU slopes: the golf count) whose
+zeroing costs least on the choosing half while the deciding half stays >= ``threshold +
+margin``, with masked fine-tuning (``finetune``, ``finetune_every``) between passes. Magnitude
+and OBD pruning (``compare``; OBD's Gauss-Newton Hessian diagonal on ``obd_examples`` training
+images) follow the same schedule of kept counts, with and without the same fine-tuning. Only
+the final networks (start, brute force, each comparison arm at the last count) are scored on
+the test set, once, at the end.
 
-The rule: the split that chooses never decides. The 10,000 validation images
-are cut in two (``train.validation_halves``, a fixed random split): 5,000 *choose* (rank
-the candidate removals, plan how many, say whether fine-tuned weights are
-better, and choose the fine-tuning epoch: ``val_*``); the other 5,000
-*decide* (verify each removal, stop the pruning, carry the final claim
-"accuracy >= threshold + margin": ``decide_*``). Pruning repeatedly scores
-zeroing every remaining parameter (weights, biases, PReLU slopes: the golf
-count) on the choosing half and removes the cheapest ones while the deciding
-half stays >= ``threshold + margin``, with masked fine-tuning (``finetune``,
-``finetune_every``) between passes, kept only if better on the choosing half
-and still >= the bar on the deciding half; see
-``subspace_jax/pruning/brute_force.py`` for the schedule, the margin (0.5%:
-one-sided 95% between a 5,000-image deciding score and a 10,000-image test
-score is 0.40% at 98%, plus 0.1% for the gate's optional stopping) and the
-cost. For comparison, magnitude and OBD pruning (Gauss-Newton Hessian
-diagonal on ``obd_examples`` training images) follow the same schedule of
-kept counts, with and without the same fine-tuning (accepted on the choosing
-half). Only the final networks (start, brute force, each comparison arm at
-the last count) are scored on the test set, once, at the end. The cost in
-noise: the claim rests on 5,000 images instead of 10,000 (sd 0.20% instead
-of 0.14% at 98%).
+Cost (this 2-core CPU, shared): on the previous protocol (all 10,000 validation images) one
+brute-force pass over golf_prelu (820 params) took 12-15 s once compiled, a fine-tuning epoch
+on 50,000 images about 20 s, a golf seed (966 params, ~50 passes) 25-30 min; scoring on the
+5,000-image choosing half does about half the scoring work. The quick form (golf_relu trained
+3 epochs on 1,000 images, then 2 passes and 2 comparison levels against 70% with no margin on
+500 + 500 validation images) checks the plumbing only: ~35 s, mostly compiling.
 
-Results (docs/results/golf_prune.md): under this protocol all five seeds of
-the current golf final (docs/results/golf/current_prune_seed{0..4}) stop
-before the first pass (``start_below_threshold``): each 966-param start is
-already below 98.5% on a validation half, so a 98% claim needs a start model
-with more headroom. The pruned seeds 0-2 (golf_prune_seed{0,1,2}) are of the
-*previous protocol* (ranked and verified on the same 10,000 images, margin
-0.4%; their validation-to-test drop, 0.50-0.68 points, is the bias removed).
+Expected: brute force keeps fewer parameters than magnitude or OBD at the same deciding
+accuracy, with test accuracy within ~0.4% of the deciding one (not measured). Measured
+(docs/results/golf_prune.md): every seed of the current golf final (966 params) starts below
+98.5% on a validation half, so it stops before the first pass (``start_below_threshold``); a
+98% claim needs a start with more headroom.
 
-Cost (this project's 2-core CPU, shared with other jobs): on the previous
-protocol one brute-force pass over golf_prelu (820 params, all 10,000
-validation images) took 12-15 s once compiled and a fine-tuning epoch of
-such a model on 50,000 images about 20 s; a golf seed (966 params, ~50
-passes) about 25-30 min. Scoring candidates on 5,000 images halves the
-first part (measured for the 966-param golf model: see the README). Expected,
-not measured: brute force keeps fewer parameters than magnitude or OBD at the
-same deciding accuracy, and its test accuracy is within ~0.4% of its deciding
-accuracy (no ranking on those images), so it stops earlier (more parameters)
-than on the previous protocol.
-
-The quick form (no start model, ``bootstrap.model`` set) first trains
-golf_relu for 3 epochs on 1,000 training images, exports it to
-WORKDIR/start.npz and prunes it against a low threshold (70%, no margin) on
-1,000 validation images (500 choose, 500 decide) for 2 passes, with 2
-comparison levels: it checks the plumbing only (~35 s wall on the loaded
-2-core machine, mostly compiling).
-
-Writes: config.json, metrics.jsonl (one line per brute-force pass and per
-comparison level), state.npz + state.json (the brute-force state after each
-pass; a re-run resumes from it), runs/compare.json + runs/compare.npz (the
-comparison, skipped on re-run unless the path changed), pruned.npz (the pruned network; its
-description holds the non-zero count), summary.json, summary.md and
-val_acc_vs_nonzero.png.
+Writes: config.json, metrics.jsonl (per pass and comparison level), state.npz + state.json
+(after each pass; a re-run resumes), runs/compare.json + .npz (skipped on re-run unless the
+path changed), pruned.npz (its description holds the non-zero count), summary.json,
+summary.md, val_acc_vs_nonzero.png.
 """
 
 from __future__ import annotations

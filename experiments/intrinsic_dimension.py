@@ -1,90 +1,19 @@
 """Intrinsic dimension d_int90, searched automatically, with bootstrap intervals.
 
-    python launch.py --experiment=intrinsic_dimension           # default: not run; estimate below
+    python launch.py --experiment=intrinsic_dimension           # default: 6 min H100, ~4-7 h CPU
     python launch.py --experiment=intrinsic_dimension --quick   # ~20-30 s, 2 CPU cores
-    # Variants (each in its own workdir):
     python launch.py --experiment=intrinsic_dimension --config.data.permute_pixels=True \
         --workdir=runs/intrinsic_dimension_shuffled_pixels
     python launch.py --experiment=intrinsic_dimension --config.data.random_label_fraction=1.0 \
         --config.measure_on=train --config.data.train_size=5000 \
         --config.grid='(400,800,1600,3200,6400)' --config.projection=fastfood \
-        --workdir=runs/intrinsic_dimension_random_labels
-
-d_int90 (Li et al. 2018) is the smallest subspace size d at which training
-in theta_D = theta0_D + P omega_d (omega_0 = 0, P of ``projection`` kind,
-default dense Gaussian with unit-norm columns) reaches 90% of a baseline:
-
-* global: 90% absolute accuracy (threshold 0.9);
-* individual: 90% of the same model trained directly in the full space
-  (trained here, same seeds and epochs; threshold 0.9 x its mean accuracy).
-
-Search: all d of the coarse log grid (50 .. 1,600, x2 apart) in one compiled
-program per model (one P of the largest d, columns masked per run), then
-``bisection_rounds`` rounds: for each baseline, the bracket (last failing d,
-first passing d) of the seed-mean curve gets ``bisection_points`` new d's,
-evenly spaced in log d; all new d's of a round run in one program. Every d
-runs with ``seeds`` (3): each seed draws its own P, init and data order.
-
-The split that chooses never decides (``measure_on='val'``): each run keeps
-the params of its best epoch on one half of the validation images (a fixed
-random split, ``train.validation_halves``), and the d_int90 decisions (both
-thresholds, the individual baseline's accuracy, the bisection brackets) use
-the accuracy of those params on the other half
-(``decide_acc``), which chose nothing. Its cost in noise: 5,000 instead of
-10,000 images, a binomial sd of 0.42 instead of 0.30 points at 90% for one
-run. For random labels (``measure_on='train'``) the last epoch is kept (no
-choice; validation labels stay true and would pick a non-memorising epoch)
-and training accuracy decides. Test accuracy of every run is reported and
-never decides anything. Only finished runs count: a diverged run enters no
-mean, threshold or bootstrap resample and is counted beside; with every
-baseline run diverged there is no individual threshold, said in the table.
-
-Estimates per baseline: d_int90 = the smallest measured d whose mean over
-seeds reaches the threshold (an upper estimate, exact to the search's
-resolution: 2^(1/64), about 1%, with the default grid and rounds); the
-interpolated crossing of the mean curve (linear in log d); and a 90%
-percentile bootstrap interval of that crossing (1,000 resamples; at every d
-the seeds are resampled with replacement, independently of the other d's).
-With a coarse search the interval can lie below the smallest passing d.
-With few seeds the percentile bootstrap is too narrow: on simulated noisy
-curves (300 draws) the nominal 90% interval covered the true crossing 72% of
-the time with 3 seeds, 79% with 5, 87% with 10. ">" / "<=" mark a threshold
-not reached within, or already reached at the edge of, the measured range
-(widen ``grid`` then; the random-label grid above is a first guess).
-
-Published (Li et al. 2018, "Measuring the Intrinsic Dimension of Objective
-Landscapes"), MNIST: FC 784-200-200-10 (``fc_200_200``) d_int90 = 750 with
-the global baseline, about 525-575 with the individual one; its accuracy at
-d = 100, 300, 500, 750, 1000, 1500 was about 0.60, 0.82, 0.86, 0.90, 0.91,
-0.93. LeNet (44,426 params; not in this registry) d_int90 = 290; with
-shuffled pixels about 1,400. A later reproduction could not get LeNet below
-about 1,200. For ``conv_subspace`` (21,840 params) the subspace-nn write-up
-reported, after 100 epochs: full 99.0%, d=10,000 98.8%, d=3,000 97.0%,
-d=1,000 93.5%.
-
-Default: fc_200_200 and conv_subspace, 3 seeds, 10 epochs, 3 bisection rounds
-of 3 points. Measured on a lent NVIDIA H100 (2026-11-22, GPU shared with
-other runs): 5 min 44 s; d_int90 fc_200_200 637 global [90% CI 609, 638],
-476 individual; conv_subspace 213 global, 195 individual (README, "Results").
-CPU estimate from timed 10-step slices of the
-two grid units on a shared 2-core CPU machine (FC grid about 10 min per
-epoch, the dense P@omega of 6 runs x 3 seeds dominating; conv grid about
-3.5 min per epoch): roughly 4-7 h in all, two thirds of it fc_200_200; a
-sparse or fastfood projection cuts that part. The FC grid's dense P is
-199,210 x 1,600 floats per seed (1.3 GB; 3.8 GB for 3 seeds in one
-program; ``seeds_per_program=1`` bounds it).
-
-The random-label command above is the first form tried; with the default
-subspace learning rate (0.05) and 10 epochs nothing fits random labels.
-What worked (README): ``--config.models='("fc_200_200",)'
---config.train.epochs=100 --config.grid='(1000,4000,16000,64000)'
---config.subspace_learning_rate=0.01`` (d_int90 = 8,537).
-
-Subspaces better than random. Measured so far: ``burn_in:steps=20,base=sparse``
-on fc_200_200 (docs/results/intrinsic_dimension.md, "Subspaces beyond
-random"); the rest not yet. Each command measures both default models
-(fc_200_200, conv_subspace) with the protocol above:
-
+        --workdir=runs/intrinsic_dimension_random_labels     # lr 0.05, 10 epochs: fits nothing
+    python launch.py --experiment=intrinsic_dimension --config.data.random_label_fraction=1.0 \
+        --config.measure_on=train --config.data.train_size=5000 --config.projection=fastfood \
+        --config.models='("fc_200_200",)' --config.train.epochs=100 \
+        --config.grid='(1000,4000,16000,64000)' --config.subspace_learning_rate=0.01 \
+        --workdir=runs/idim_random_labels_lr0.01              # fits: d_int90 8,537
+    # Bases beyond random (subspace.py), and the sqrt learning-rate rule with 3 factors:
     python launch.py --experiment=intrinsic_dimension --config.projection=per_layer \
         --workdir=runs/intrinsic_dimension_per_layer
     python launch.py --experiment=intrinsic_dimension --config.projection=burn_in:steps=500 \
@@ -92,41 +21,28 @@ random"); the rest not yet. Each command measures both default models
     python launch.py --experiment=intrinsic_dimension \
         --config.projection=trajectory:snapshots=1600,every=1 \
         --workdir=runs/intrinsic_dimension_trajectory
-
-``per_layer``: a random basis per leaf, shares of d proportional to the
-leaf's size (``subspace`` docstring). ``burn_in:steps=k`` (options ``lr``,
-``batch``, default 1e-3, 64: the full-space run's; ``base`` = the random
-kind, default dense): theta0 := the full-space run's params after k steps
-(same seed: same init and data order), then P random as usual.
-``trajectory:snapshots=M,every=K``: P = the top-d principal directions
-(SVD, uncentred) of theta_t - theta0 over M snapshots, one every K
-full-space steps (theta0 = init; a dense D x d P). Give ``snapshots`` >=
-the largest grid d (validate refuses fewer, or none: the search phases
-have different d_max), so every d reads the same trajectory. The free
-parameters reported stay d: the k (or M K) full-space steps are extra
-information paid for in D dimensions, so these d_int90s are not Li et al.'s
-random-subspace ones.
-The burned-in point is the floor of the curve (omega = 0 keeps it): with too
-many steps it passes the threshold alone and d_int90 is "<= the smallest d"
-(the quick form with ``burn_in:steps=100``, 3 epochs of its 2,000 images,
-gave 89% at d = 16). Choose k with the burned-in point below the threshold.
-The pre-training is repeated once per epoch chunk (sweep units checkpoint
-every epoch): k (or M K) full-space steps per seed per epoch, plus a QR of
-the D x M snapshots for ``trajectory`` (fc_200_200, M = 1,600: 1.3 GB per seed).
-
-Learning rate (issue 15, item 3): ``subspace_lr_rule='fixed'`` (default,
-the old rate ``subspace_learning_rate`` at every d) or ``'sqrt'``: lr(d) =
-lr0 min(1, sqrt(d0 / d)), d0 = ``subspace_lr_d0`` (``subspace.learning_rate``
-gives the derivation). ``subspace_lr_factors`` (several) runs each d at
-each factor times the rule's rate, in the same vmapped program, and keeps
-per d the factor with the best mean ``val_acc`` (the choosing half); the
-deciding half (``decide_acc``) then decides as above and never chooses:
-
     python launch.py --experiment=intrinsic_dimension --config.subspace_lr_rule=sqrt \
         --config.subspace_lr_factors='(0.5,1.0,2.0)' --workdir=runs/intrinsic_dimension_lr_sqrt
 
-Writes: config.json, metrics.jsonl (per epoch and run), runs/*.json,
-summary.json (curves, baselines, estimates), summary.md, intrinsic_dimension.png.
+d_int90 (Li et al. 2018): the smallest d at which training theta0_D + P omega_d (omega_0 = 0,
+P of kind ``projection``) reaches the global baseline (``global_threshold``, 90% accuracy) or
+the individual one (``individual_fraction`` x the full-space accuracy of the same model, seeds
+and epochs). Search (``intrinsic``): the coarse ``grid`` in one program per model, then
+``bisection_rounds`` rounds of ``bisection_points`` new d's per bracket (resolution with the
+defaults 2^(1/64), about 1%); every d runs every seed, each with its own P, init and data
+order. What chooses never decides (``decision_metric``). The 90% bootstrap interval is too
+narrow with few seeds (simulated coverage 72% with 3 seeds, 79% with 5, 87% with 10); ">" /
+"<=" mark a threshold not reached in, or already reached at the edge of, the grid.
+
+Cost of the default (fc_200_200 and conv_subspace, 3 seeds, 10 epochs, 3 rounds of 3 points):
+5 min 44 s on a shared H100; on this 2-core CPU roughly 4-7 h, estimated from 10-step slices
+(FC grid ~10 min per epoch, its dense P 1.3 GB per seed: ``seeds_per_program=1`` bounds it;
+conv grid ~3.5 min per epoch; a sparse or fastfood P cuts the FC part).
+Expected: Li et al. give 750 (global) and ~525-575 (individual) for fc_200_200 (``PUBLISHED``);
+the H100 run (previous protocol, docs/results/intrinsic_dimension.md) gave 637 / 476,
+conv_subspace 213 / 195.
+
+Writes: config.json, metrics.jsonl, runs/*.json, summary.json, summary.md, intrinsic_dimension.png.
 """
 
 from __future__ import annotations
@@ -142,6 +58,11 @@ from subspace_jax import data, intrinsic, models, report, subspace, sweep, train
 from subspace_jax.errors import ConfigError
 from subspace_jax.workdir import tick, ticking
 
+# Li et al. 2018 ("Measuring the Intrinsic Dimension of Objective Landscapes"), MNIST:
+# fc_200_200's accuracy at d = 100, 300, 500, 750, 1000, 1500 was about 0.60, 0.82, 0.86,
+# 0.90, 0.91, 0.93; a later reproduction could not get LeNet below about 1,200. The
+# subspace-nn write-up, conv_subspace after 100 epochs: full 99.0%, d = 10,000 98.8%,
+# d = 3,000 97.0%, d = 1,000 93.5%.
 PUBLISHED = {
     "fc_200_200": {"global": "750", "individual": "~525-575",
                    "note": "Li et al. 2018, MNIST FC 784-200-200-10"},
@@ -222,7 +143,10 @@ def validate(cfg) -> None:
 # ---------------------------------------------------------------- units
 def train_config(cfg, subspace_run: bool) -> ml_collections.ConfigDict:
     tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
-    tcfg.keep_best = cfg.measure_on == "val"  # see the module docstring
+    # measure_on='val': each run keeps the params of its best epoch on the choosing validation
+    # half. 'train' (random labels): the last epoch, since the validation labels stay true and
+    # would pick a non-memorising epoch; training accuracy then decides (decision_metric).
+    tcfg.keep_best = cfg.measure_on == "val"
     if subspace_run:
         tcfg.batch_size = cfg.subspace_batch_size
         tcfg.learning_rate = cfg.subspace_learning_rate
@@ -303,7 +227,16 @@ def choose_learning_rates(records) -> list[dict]:
 
 def decision_metric(cfg) -> str:
     """The accuracy that decides: the validation half that chose no epoch, or
-    (random labels, last epoch kept) the training accuracy."""
+    (random labels, last epoch kept) the training accuracy.
+
+    The split that chooses never decides: ``val_acc`` (one half of the
+    validation images, a fixed random split, ``train.validation_halves``)
+    chooses each run's epoch and the lr factor; ``decide_acc`` (the other half,
+    which chose nothing) makes every d_int90 decision: both thresholds, the
+    individual baseline's accuracy, the bisection brackets. Its cost in noise:
+    5,000 instead of 10,000 images, a binomial sd of 0.42 instead of 0.30
+    points at 90% for one run. Test accuracy is reported and decides nothing.
+    """
     return "decide_acc" if cfg.measure_on == "val" else "train_acc"
 
 

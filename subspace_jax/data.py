@@ -44,6 +44,7 @@ SHA256 = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 MEAN, STD = 0.1307, 0.3081
+MNIST_SHAPE, MNIST_CLASSES = (28, 28, 1), 10  # one image (H x W x C) and the label count
 SOURCES = ("idx", "tfds", "synthetic")
 
 
@@ -59,7 +60,7 @@ class Dataset:
     val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
-    num_classes: int = 10
+    num_classes: int = MNIST_CLASSES
     name: str = "mnist"
 
     @property
@@ -203,7 +204,7 @@ def load(source: str = "idx", data_dir: str = "", val_size: int = 10_000,
         for quick runs; the validation split is unchanged.
     """
     _check_source(source, name)
-    num_classes = 10
+    num_classes = MNIST_CLASSES
     if source == "idx":
         tx, ty, sx, sy = _load_idx(data_dir or DEFAULT_DIR)
     elif source == "tfds":
@@ -276,7 +277,7 @@ def spec(cfg) -> tuple[tuple[int, ...], int]:
     name = cfg.get("name", "mnist")
     _check_source(cfg.source, name)
     if cfg.source != "tfds":
-        return (28, 28, 1), 10
+        return MNIST_SHAPE, MNIST_CLASSES
     features = _tfds_builder(name, cfg.data_dir).info.features
     shape = tuple(int(d) for d in features["image"].shape)
     return (shape if len(shape) == 3 else (*shape, 1)), int(features["label"].num_classes)

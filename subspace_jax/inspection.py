@@ -206,7 +206,7 @@ def visualise_unit(arch: dict, params, key: jax.Array, n: int, unit, asc: Ascent
     values are raw (not divided by ``scale``).
     """
     k_start, k_jitter = jax.random.split(key)
-    shape = tuple(arch["input_shape"]) if len(arch["input_shape"]) == 3 else (28, 28, 1)
+    shape = tuple(arch["input_shape"]) if len(arch["input_shape"]) == 3 else data.MNIST_SHAPE
     p0 = start_image(k_start, shape)
 
     def objective(p):
@@ -260,7 +260,7 @@ def per_image(fn: Callable, arch: dict, params, x_NHWC, chunk: int = 1000) -> np
     return np.concatenate(outs)
 
 
-def class_feature_means(arch: dict, params, x_NHWC, y_N, num_classes: int = 10,
+def class_feature_means(arch: dict, params, x_NHWC, y_N, num_classes: int = data.MNIST_CLASSES,
                         chunk: int = 1000) -> dict[str, np.ndarray]:
     """Per-class means of the final feature vector, and the accuracy of the logits.
 

@@ -145,7 +145,9 @@ def estimate(curve: Mapping[int, Sequence[float]], threshold: float, samples: in
 
     ``censored`` is ``"above"`` when no d reaches the threshold (d_int > the
     largest d; the CI's upper end is then inf), ``"below"`` when the smallest
-    d already does (d_int <= it), else None.
+    d already does (d_int <= it), else None. The CI is of ``d_interp``, so
+    with a coarse search it can lie below ``d``; with few seeds it is too
+    narrow (see experiments/intrinsic_dimension.py).
     """
     d_K, acc_KxS = as_arrays(curve)
     mean_K = seed_means(acc_KxS)

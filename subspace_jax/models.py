@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from subspace_jax.data import MNIST_CLASSES, MNIST_SHAPE
 from subspace_jax.errors import ConfigError
 
 
@@ -113,7 +114,7 @@ def _depthwise_init(key, k, c):
 
 
 # ---------------------------------------------------------------- families
-def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = 10,
+def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = MNIST_CLASSES,
         input_shape: Sequence[int] | None = None) -> Model:
     """Dense ReLU layers on the flattened input; ``input_shape`` (e.g. H x W x C)
     sets ``n_in`` and the export's input shape."""
@@ -298,7 +299,7 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
 
 def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
         pools: Sequence[bool], hidden: Sequence[int] = (), activation: str = "relu",
-        n_out: int = 10, in_size: int = 28, in_channels: int = 1,
+        n_out: int = MNIST_CLASSES, in_size: int = 28, in_channels: int = 1,
         conv_impl: str = "slice", separable: bool = False, gap: bool = False,
         bn: bool = False) -> Model:
     """VALID convs (optionally pooled), then dense layers, then ``n_out`` logits.
@@ -377,7 +378,6 @@ def from_arch(arch: dict, name: str = "from_arch") -> Model:
 
 
 # ---------------------------------------------------------------- Flax models
-MNIST_SHAPE = (28, 28, 1)
 # Flax leaf names -> this project's: pruning's default prunable leaf is "w"
 # and export's layer lists say "w"/"b", so Flax kernels prune like ours.
 _FLAX_TO_OURS = {"kernel": "w", "bias": "b"}
@@ -505,7 +505,7 @@ def from_factory(spec: str, input_shape: Sequence[int] = MNIST_SHAPE) -> Model:
 
 
 # ---------------------------------------------------------------- registry
-# Each factory takes (input_shape, n_out): MNIST's (28, 28, 1) and 10 by
+# Each factory takes (input_shape, n_out): MNIST_SHAPE and MNIST_CLASSES by
 # default, a tfds dataset's otherwise (``get``). FC nets flatten any shape;
 # conv nets take square images with any number of channels.
 _REGISTRY: dict[str, Callable[..., Model]] = {
@@ -545,7 +545,8 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> Model:
+def get(name: str, input_shape: Sequence[int] = MNIST_SHAPE,
+        num_classes: int = MNIST_CLASSES) -> Model:
     """A registered model, or ``'package.module:Factory'`` (see ``from_factory``),
     built for ``input_shape`` and ``num_classes`` (``for_data`` takes them from
     a dataset)."""
@@ -573,7 +574,7 @@ def register(name: str, factory: Callable[..., Model]) -> None:
         n_args = 2
     if n_args == 0:
         def fixed(input_shape, num_classes, factory=factory):
-            if tuple(input_shape) != MNIST_SHAPE or num_classes != 10:
+            if tuple(input_shape) != MNIST_SHAPE or num_classes != MNIST_CLASSES:
                 raise ConfigError(f"model {name!r} is registered for MNIST (28x28x1, 10 "
                                   f"classes) only; the data is {tuple(input_shape)}, "
                                   f"{num_classes} classes")

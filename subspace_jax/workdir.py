@@ -187,6 +187,10 @@ class EpochTicker:
               f"ETA {eta:.0f}s", file=self.stream or sys.stdout, flush=True)
 
 
+# A module-level cell, not a contextvars.ContextVar: jax.debug.callback can run ``tick`` on
+# an XLA worker thread (it does with two XLA CPU devices, as launch.py sets up, jax 0.10.2),
+# which never sees a ContextVar set in the main thread, so every tick would be dropped
+# (tests/test_interrupt.py's one-compiled-run test fails with one).
 _CURRENT_TICKER: list[EpochTicker | None] = [None]
 
 

@@ -514,3 +514,53 @@ def test_imp_prunes_a_network_it_is_handed(imp_out):
     for i in lay.prunable_leaves:
         assert kept[i] == masks.kept_count(dens2_L[1], lay.sizes[i]), lay.names[i]
     assert not np.asarray((mask2_LxD[1] > 0) & (mask2_LxD[0] == 0)).any()
+
+
+# ---------------------------------------------------------------- iterative pruning
+def test_iterative_prunes_the_previous_levels_fine_tuned_survivors():
+    """``iterative`` on the dense weights is make_pruning_run's ``iterative`` arm; each level
+    keeps the global count of the largest magnitudes among the previous level's survivors,
+    scored on its fine-tuned weights; pruned weights are exactly zero; with a learning rate
+    of ~0 each level's fine-tune starts from the previous level's result under the new mask."""
+    tcfg = C.train_config(epochs=2, batch_size=16, learning_rate=1e-2)
+    pcfg = P.prune_config(finetune_epochs=1)  # global: the count is exact over all kernels
+    densities = np.asarray([0.5, 0.2], np.float32)
+    hp = {"learning_rate": np.float32(1e-2), "weight_decay": np.float32(0),
+          "d_active": np.int32(0), "densities": densities}
+    data, key = tiny_data(), jax.random.key(0)
+    fused = jax.jit(P.make_pruning_run(TINY, tcfg, pcfg, 64, iterative=("magnitude",),
+                                       input_shape=SHAPE))(key, hp, data)
+    lay = masks.model_layout(TINY, ("w",))
+    prune = P.make_pruner(TINY, lay, "magnitude", pcfg, SHAPE)
+    run_ft = train.make_run(TINY, C.train_config(epochs=1, batch_size=16, learning_rate=1e-2),
+                            C.subspace_config(0), 64)
+    keys = P.run_keys(key)
+    score_key = jax.random.fold_in(keys.score, 100)  # make_pruning_run's, for its first arm
+    theta_D = fused["dense"].params
+    iterate = jax.jit(lambda thp: P.iterative(prune, run_ft, score_key, keys.train, thp, data,
+                                              theta_D, jnp.ones(lay.D), jnp.asarray(densities)))
+    thp = {name: hp[name] for name in P.TRAIN_HP}
+    mask_LxD, res = jax.device_get(iterate(thp))
+    arm = fused["iterative/magnitude"]
+    np.testing.assert_array_equal(mask_LxD > 0, arm.mask)
+    for metric in ("val_acc", "train_loss"):  # the arm keeps no params, only metrics
+        np.testing.assert_allclose(res.final[metric], arm.final[metric], rtol=1e-5, atol=1e-6)
+
+    prunable = np.zeros(lay.D, bool)
+    for i in lay.prunable_leaves:
+        prunable[lay.offsets[i]:lay.offsets[i] + lay.sizes[i]] = True
+    prev_theta, prev_mask = np.asarray(theta_D), np.ones(lay.D, bool)
+    for level, d in enumerate(densities):
+        mask = mask_LxD[level] > 0
+        assert (mask[prunable]).sum() == masks.kept_count(d, lay.n_prunable)
+        assert mask[~prunable].all()  # biases stay
+        assert not (mask & ~prev_mask).any()  # nested: survivors of the previous level only
+        mag = np.abs(prev_theta)
+        assert mag[mask & prunable].min() >= mag[prev_mask & ~mask & prunable].max()
+        assert (res.params[level][~mask] == 0.0).all()
+        prev_theta, prev_mask = res.params[level], mask
+
+    frozen = {**thp, "learning_rate": np.float32(1e-12)}
+    mask0_LxD, res0 = jax.device_get(iterate(frozen))
+    np.testing.assert_allclose(res0.params[0], np.asarray(theta_D) * mask0_LxD[0], atol=1e-6)
+    np.testing.assert_allclose(res0.params[1], res0.params[0] * mask0_LxD[1], atol=1e-6)

@@ -19,6 +19,8 @@ and result decided on the same validation images).
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -970,10 +972,7 @@ FRONTIER_NOTE = ("**Protocols mixed, each point marked.** Every row says how its
 
 def frontier(root: str) -> str:
     """docs/results/frontier.md from the committed run of experiments/frontier.py."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    import importlib
-    experiment = importlib.import_module("experiments.frontier")  # its own text: cannot disagree
+    from experiments import frontier as experiment  # its own text: cannot disagree
     s = load(root, "frontier/summary.json")
     body = ["MNIST test accuracy against free parameters across every method, read from the "
             "committed `summary.json` files (nothing retrained); at each method, size, budget "
@@ -1095,10 +1094,21 @@ ON_PAGE: dict[str, str] = {"golf_records": "golf"}   # experiments whose results
 # another experiment's page
 
 
+@functools.cache
+def script(path: str):
+    """The module of a script outside any package (``benchmarks/throughput.py``),
+    loaded once from its file, without touching ``sys.path``."""
+    spec = importlib.util.spec_from_file_location(
+        os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def throughput(root: str) -> str:
     """docs/results/throughput.md from benchmarks/results/throughput.json."""
-    sys.path.insert(0, os.path.join(root, "benchmarks"))
-    import throughput as bench  # the benchmark's own table, so the two cannot disagree
+    bench = script(os.path.join(root, "benchmarks", "throughput.py"))  # the benchmark's own
+    # table, so the two cannot disagree
     with open(os.path.join(root, "benchmarks", "results", "throughput.json")) as f:
         result = json.load(f)
     targets = {"conv full": 1.5, "conv subspace d=1000": 2.0, "conv 8 seeds, one program": 2.0,

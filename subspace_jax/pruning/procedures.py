@@ -262,7 +262,7 @@ _imp = imp  # make_pruning_run's ``imp`` flag shadows the procedure
 def make_pruning_run(model, tcfg, pcfg, n_train: int, *, at_init: Sequence[str] = (),
                      one_shot: Sequence[str] = (), iterative: Sequence[str] = (),
                      imp: bool = False, control: bool = False, rewind_epoch: int = 0,
-                     collapse: bool = False, input_shape: Sequence[int] = (28, 28, 1)):
+                     collapse: bool = False, input_shape: Sequence[int] = models.MNIST_SHAPE):
     """``run(key, hp, data)`` for one seed: the dense run plus the procedures asked for.
 
     Returns a dict of arms (those asked for):
