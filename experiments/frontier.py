@@ -56,7 +56,7 @@ import os
 
 import ml_collections
 
-from subspace_jax import checks
+from subspace_jax import checks, report
 from subspace_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,9 +181,9 @@ def ok_seeds(row: dict) -> int:
 
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    return mean, ((sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None)
+    """``report.mean_sd``, with no sd (not 0) for a single value: a point of one run."""
+    mean, sd = report.mean_sd(values)
+    return mean, sd if len(values) > 1 else None
 
 
 # ---------------------------------------------------------------- sources

@@ -68,7 +68,7 @@ from optuna import distributions as D
 
 from subspace_jax import checks
 from subspace_jax import config as C
-from subspace_jax import export, models, plots, sweep, teacher, train, vectorize
+from subspace_jax import export, models, plots, report, sweep, teacher, train, vectorize
 from subspace_jax.workdir import Progress, Workdir, tick, ticking, to_jsonable
 from subspace_jax.errors import ConfigError
 
@@ -724,13 +724,6 @@ def export_seed0(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
 
 
 # ---------------------------------------------------------------- report
-def _mean_sd(values) -> tuple[float | None, float | None]:
-    v = np.asarray(values, float)
-    if not len(v):
-        return None, None
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def decide_mean(trial: dict) -> float | None:
     """A trial's mean accuracy on the deciding half (None: not recorded, i.e. a
     study from before the halves, or not trained)."""
@@ -771,7 +764,7 @@ def summarise(cfg, history: list[dict], final: dict | None, desc: dict | None) -
                "per_seed": [{k: v for k, v in r.items() if k != "theta"}
                             for r in final["records"]]}
         for key in ("val_acc", "decide_acc", "test_acc", "train_acc", "nonzero_params"):
-            row[key + "_mean"], row[key + "_sd"] = _mean_sd([r[key] for r in ok if key in r])
+            row[key + "_mean"], row[key + "_sd"] = report.mean_sd([r[key] for r in ok if key in r])
         row["exported"] = None if desc is None else {"file": "golf.npz",
                                                      "nonzero_params": desc["nonzero_params"]}
         summary["final"] = row
