@@ -864,11 +864,16 @@ python launch.py --experiment=golf --workdir=runs/golf_ref_space_16ep \\
     --config.search.batches=2 --config.search.random_batches=1
 # 8-epoch row: the same with --config.space.epochs='(8,)' --workdir=runs/golf_ref_space
 python tools/check_model.py docs/results/golf/golf_966_dense.npz    # the exported seed-0 model
-# The published records' own recipes under this protocol (experiments/golf_records.py; not yet
-# run to the end, no results committed): 5 seeds each, then the 820 net pruned on validation.
-python launch.py --experiment=golf_records --workdir=runs/golf_records
+# The published records' own recipes under this protocol (experiments/golf_records.py): the 820
+# net (5 seeds, 4.4 min on this CPU, 2026-12-03), then pruned on validation; the 697 net (6 seeds)
+python launch.py --experiment=golf_records --config.recipes='("hexhowells_820",)' \\
+    --workdir=runs/golf_records                # -> docs/results/golf/records/
 python launch.py --experiment=golf_prune --config.model_file=runs/golf_records/hexhowells_820.npz \\
     --workdir=runs/golf_records_prune_820
+python launch.py --experiment=golf_records --config.recipes='("joshwarn_697",)' \\
+    --config.seeds='(0,1,2,3,4,5)' --config.train.joshwarn_697.epochs=40 \\
+    --workdir=runs/golf_records_697            # -> docs/results/golf/records_697/
+python tools/check_model.py docs/results/golf/records/hexhowells_820.npz
 """
     return page("golf: the fewest parameters for 98% / 99%", "golf", commands, body, note=MIXED)
 
