@@ -105,18 +105,14 @@ own); 100 for joshwarn_697 and 60 for joshwarn_997, this project's choice
 only after 150 (697) or 25 (997) epochs without a better test accuracy, or
 at a percentile cut after 100 epochs (697), at most 2,000 / 200 epochs).
 
-Cost, measured 2026-12-03 on this project's 2-core Intel Xeon CPU shared
-with other jobs (load average 4-6, every process nice'd), 5 seeds vmapped
-in one program (``/tmp`` run of 3 epochs per recipe, full data): one epoch
-of hexhowells_820 (3,571 steps of batch 14) 28-29 s, joshwarn_697 (195
-steps of 256) 40-54 s, joshwarn_997 (390 steps of 128) 25-26 s; the first
-epoch adds compiling (47 s, 126 s, 61 s for epoch 1) and the end scores
-train and test (16 s, 17 s, 9 s). Expected for the default run: about
-10 min + 80 min + 27 min = 2 h (not run to the end yet: no result claimed).
-With seeds=(0, ..., 5) the six seeds shard three per core instead of five
-vmapped on one (``vectorize.seed_form``; not measured here). The quick form
-(1,000 training images, 1,000 validation, 1 epoch, 2 seeds, every recipe)
-checks the plumbing only: 60 s wall on the loaded machine, mostly compiling.
+Cost and result, measured 2026-12-03 on this project's 2-core Intel Xeon CPU
+(docs/results/golf.md has the table): hexhowells_820, 5 seeds vmapped, 262 s
+(12.5 s per epoch), test 97.91 +- 0.21% (claimed 98.00%, test-selected);
+joshwarn_697 with 6 seeds (sharded three per core) and a 40-epoch budget
+(--config.train.joshwarn_697.epochs=40), 1,009 s, test 97.92 +- 0.23%
+(claimed 99.03%, best of ~700 runs on test). joshwarn_997 and the default
+100-epoch 697 budget have not been run here (estimates: 27 and ~45 min). The
+quick form (1,000 training images, 1 epoch, 2 seeds) checks the plumbing only.
 """
 
 from __future__ import annotations

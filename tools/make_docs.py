@@ -754,7 +754,10 @@ GOLF_RUNS = [  # (dir, search, protocol)
     ("golf_ref_space", "reference neighbourhood, 8 epochs (CPU)", "previous"),
     ("golf_ref_space_16ep", "reference neighbourhood, 16 epochs (CPU)", "previous"),
     ("current_ref_space_16ep", "reference neighbourhood, 16 epochs (CPU)", "current"),
+    ("gmp450_aug", "pruned to 450 during training, warped batches + EMA, 40 epochs (CPU)",
+     "current"),
 ]
+GOLF_OPTIONS = (("augment", "warped batches"), ("ema", "weight EMA"), ("bn", "batch norm folded"))
 GOLF_CURRENT = "golf/current_ref_space_16ep"   # the golf final under the current protocol
 PRUNE_SEEDS = 3          # seeds of the final recipe pruned under the previous protocol, of 5
 UNSHIPPED = {1, 2}       # seeds whose input model came from an unshipped export
@@ -816,9 +819,12 @@ def golf(root: str) -> str:
         summ = load(root, f"golf/{rel}/summary.json")
         f, r = summ["final"], summ["final"]["recipe"]
         arch = (f"convs {r['c0']}, {r['c1']}, {r['c2']}, k {r['k0']}, {r['k1']}, {r['k2']}, "
-                f"{r['activation']}{', separable' if r['separable'] else ''}, {r['epochs']} ep")
+                f"{r['activation']}{', separable' if r['separable'] else ''}, {r['epochs']} ep"
+                + "".join(f", {label}" for key, label in GOLF_OPTIONS if r.get(key))
+                + (f", pruned to {r['prune_to']:,} during training" if r.get("prune_to") else ""))
         decide = pct(f["decide_acc_mean"], f["decide_acc_sd"]) if "decide_acc_mean" in f else "-"
         rows.append([what, protocol, arch, f"{f['dense_params']:,}",
+                     f"{f['nonzero_params_mean']:,.0f}",
                      pct(f["val_acc_mean"], f["val_acc_sd"]), decide,
                      pct(f["test_acc_mean"], f["test_acc_sd"]), f["seeds"], f["diverged"]])
         for target, t in summ["smallest_reaching"].items():
@@ -841,8 +847,9 @@ def golf(root: str) -> str:
         "epoch and the search's choices are made on one validation half (`val acc`), and "
         "whether a trial reaches a target is decided on the other half (`decide acc`), which "
         "chose nothing.", "",
-        *table(["search", "protocol", "final recipe", "params", "val acc % (chooses)",
-                "decide acc %", "test acc %", "seeds", "diverged"], rows, "lllrrrrrr"), "",
+        *table(["search", "protocol", "final recipe", "params", "non-zero (mean)",
+                "val acc % (chooses)", "decide acc %", "test acc %", "seeds", "diverged"], rows,
+               "lllrrrrrrr"), "",
         "The smallest searched trial reaching each target (search runs; under the current "
         "protocol decided on the deciding half):",
         "", *table(["search", "protocol", "trials", "target", "trial", "params",
@@ -864,6 +871,15 @@ python launch.py --experiment=golf --workdir=runs/golf_ref_space_16ep \\
     --config.search.batches=2 --config.search.random_batches=1
 # 8-epoch row: the same with --config.space.epochs='(8,)' --workdir=runs/golf_ref_space
 python tools/check_model.py docs/results/golf/golf_966_dense.npz    # the exported seed-0 model
+# 450 non-zero, pruned during training (34 min on this CPU, 2026-12-03; -> docs/results/golf/gmp450_aug/)
+python launch.py --experiment=golf --workdir=runs/golf_gmp450_aug --config.budget=1300 \\
+    --config.space.channels='((5,6),(6,8),(4,6))' --config.space.kernels='((4,4),(3,3),(3,3))' \\
+    --config.space.activations='("prelu",)' --config.space.separable='(False,)' \\
+    --config.space.gap='(False,)' --config.space.batch_sizes='(64,)' --config.space.epochs='(40,)' \\
+    --config.space.schedules='("cosine",)' --config.space.learning_rate='(0.003,0.02)' \\
+    --config.space.augment='(True,)' --config.space.ema='(True,)' --config.space.prune_to='(450,)' \\
+    --config.search.batches=2 --config.search.random_batches=1
+python tools/check_model.py docs/results/golf/gmp450_aug/golf.npz   # seed 0: 98.29%, 450 non-zero
 # The published records' own recipes under this protocol (experiments/golf_records.py): the 820
 # net (5 seeds, 4.4 min on this CPU, 2026-12-03), then pruned on validation; the 697 net (6 seeds)
 python launch.py --experiment=golf_records --config.recipes='("hexhowells_820",)' \\
@@ -996,6 +1012,7 @@ cp runs/frontier/{summary.json,summary.md,frontier.png} docs/results/frontier/
 def headline(root: str) -> list[str]:
     """One row per method: its best result, from the committed JSON."""
     g = load(root, f"{GOLF_CURRENT}/summary.json")["final"]
+    gmp = load(root, "golf/gmp450_aug/summary.json")["final"]
     pr, cur = golf_pruned(root), golf_pruned_current(root)
     zoo_m = load(root, "gpu_h100/zoo/summary.json")["models"]
     small = min(zoo_m, key=lambda n: zoo_m[n]["params"])
@@ -1009,6 +1026,10 @@ def headline(root: str) -> list[str]:
     rows = [
         ["golf, dense (current protocol)", f"{g['dense_params']:,}", pct(g["test_acc_mean"], g["test_acc_sd"]),
          g["seeds"], golf16, "[golf](docs/results/golf.md)"],
+        ["golf, pruned to 450 during training (current protocol)",
+         f"{gmp['nonzero_params_mean']:,.0f} non-zero of {gmp['dense_params']:,}",
+         pct(gmp["test_acc_mean"], gmp["test_acc_sd"]), gmp["seeds"],
+         "`--experiment=golf` with `space.prune_to=(450,)` (page)", "[golf](docs/results/golf.md)"],
         [f"golf + brute-force pruning at 98% (previous protocol; current: {cur['pruned']} of "
          "5 seeds prunable)", f"{pr['nonzero'][0]:,.0f} ± {pr['nonzero'][1]:,.0f} "
          "non-zero", pct(*pr["test"]), f"{PRUNE_SEEDS} of 5",
