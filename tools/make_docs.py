@@ -977,7 +977,16 @@ def interpret(root: str) -> str:
             "(`docs/results/golf/golf_422_pruned.npz`). Figures only; no table.", "",
             figure("golf_interpret_first_layer.png", "first layer"),
             figure("golf_interpret_class_feature_means.png", "class feature means"),
-            figure("golf_interpret_ascent_logits.png", "logit visualisation"), ""]
+            figure("golf_interpret_ascent_logits.png", "logit visualisation"), "",
+            "The same for the 450-non-zero golf model pruned during training, seed 0 "
+            "(`docs/results/golf/gmp450_aug/golf.npz`, 98.29% test; "
+            "`python launch.py --experiment=interpret "
+            "--config.model_file=docs/results/golf/gmp450_aug/golf.npz`, 16 s):", "",
+            figure("golf450_interpret_first_layer.png", "first layer, 450 non-zero"),
+            figure("golf450_interpret_class_feature_means.png",
+                   "class feature means, 450 non-zero"),
+            figure("golf450_interpret_ascent_logits.png", "logit visualisation, 450 non-zero"),
+            ""]
     return page("interpret: what the pruned golf model computes", "interpret",
                 "python launch.py --experiment=interpret "
                 "--config.model_file=runs/golf_prune_16ep/pruned.npz", body,
