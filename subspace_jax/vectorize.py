@@ -119,19 +119,46 @@ def seed_form(n_seeds: int) -> str:
     devices in parallel (``shard_map``). On XLA's CPU backend batched small
     matmuls lose to unbatched ones: 8 conv-net seeds on this 2-core machine
     gave 8,803 images/s vmapped and 17,214 mapped over its 2 devices (one run:
-    ~13,000), so ``auto`` picks ``map`` on a CPU when the seeds divide over
-    the devices (single process), else ``vmap``. Hyperparameter rows of one
-    seed stay vmapped: they share theta0, P and the data order, and 8 golf
-    trials vmapped ran 1.9x one trial. ``$SUBSPACE_JAX_SEED_FORM`` overrides.
+    ~13,000), so ``auto`` picks ``map`` on a CPU (single process), else
+    ``vmap``. Seeds that do not divide over the devices are padded for ``map``
+    (``seed_padding``). Hyperparameter rows of one seed stay vmapped: they
+    share theta0, P and the data order, and 8 golf trials vmapped ran 1.9x one
+    trial. ``$SUBSPACE_JAX_SEED_FORM`` overrides.
     """
     form = os.environ.get(SEED_FORM_ENV, "auto")
     if form not in SEED_FORMS:
         raise ValueError(f"{SEED_FORM_ENV}={form!r}; valid: {', '.join(SEED_FORMS)}")
     if form == "auto":
-        divides = jax.device_count() == 1 or n_seeds % jax.device_count() == 0
         cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
-        form = "map" if cpu and divides else "vmap"
+        form = "map" if cpu else "vmap"
     return form
+
+
+def seed_padding(n_seeds: int) -> int:
+    """Copies of the last seed added so ``map`` shards the seeds evenly.
+
+    Without them, 5 seeds on 2 devices would run vmapped on one device, about
+    half the speed of the mapped form (golf, 5 seeds: 25 s per epoch against
+    12 s for 4). The copies' outputs are dropped; they cost at most one
+    seed's time per device. Multi-process runs are never padded.
+    """
+    if n_seeds <= 1 or seed_form(n_seeds) != "map" or jax.process_count() > 1:
+        return 0
+    return -n_seeds % jax.device_count()
+
+
+def _pad(tree, n: int, pad: int):
+    """``tree`` with its leading axis of size ``n`` extended by ``pad`` copies of its last entry."""
+    if not pad:
+        return tree
+    index = np.concatenate([np.arange(n), np.full(pad, n - 1)])
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def _unpad(tree, n: int, pad: int, axis: int = 0):
+    if not pad:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, n, axis=axis), tree)
 
 
 def _over_seeds(fn, in_axes, n_seeds: int, form: str):
@@ -215,24 +242,28 @@ _STAGES: dict = {}
 
 
 def _place(keys, hp: Mapping[str, np.ndarray], paired: bool = False):
-    """Checks the run axis and shards it: ``(keys, hp, n_seeds, n_rows)``."""
+    """Checks the run axis, pads the seeds (``seed_padding``) and shards it:
+    ``(keys, hp, n_seeds, n_rows, pad)``, ``n_seeds`` counting the padding."""
     hp = {k: jnp.asarray(v) for k, v in hp.items()}
     sizes = {v.shape[0] for v in hp.values()}
     if len(sizes) != 1:
         raise ValueError(f"every hyperparameter array needs the same leading size, got {sorted(sizes)}")
     n_rows = sizes.pop()
     n_seeds = keys.shape[0] if keys.ndim == 1 else 0
+    if paired and n_seeds != n_rows:
+        raise ValueError(f"paired: one hp row per key, got {n_seeds} keys and {n_rows} rows")
+    pad = seed_padding(n_seeds) if n_seeds else 0
+    keys, n_seeds = _pad(keys, n_seeds, pad), n_seeds + pad
     if paired:
-        if n_seeds != n_rows:
-            raise ValueError(f"paired: one hp row per key, got {n_seeds} keys and {n_rows} rows")
+        hp, n_rows = _pad(hp, n_rows, pad), n_rows + pad
         if n_seeds % jax.device_count() == 0:  # both on the seed shards
             keys, hp = _mesh_put(keys, n_seeds), _mesh_put(hp, n_rows)
-        return keys, hp, n_seeds, 0
+        return keys, hp, n_seeds, 0, pad
     if n_seeds and n_seeds % jax.device_count() == 0:
         keys = _mesh_put(keys, n_seeds)
     else:
         hp = _mesh_put(hp, n_rows)
-    return keys, hp, n_seeds, n_rows
+    return keys, hp, n_seeds, n_rows, pad
 
 
 def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data, paired: bool = False):
@@ -248,15 +279,16 @@ def vmapped(run: Callable, keys, hp: Mapping[str, np.ndarray], data, paired: boo
     Returns the outputs of ``run`` stacked to ``[S, R, ...]`` (``[R, ...]``
     for a single key, ``[S, ...]`` when paired). The seed axis, else the run
     axis, is sharded over devices when its size is a multiple of the device
-    count. In a multi-process run (``maybe_initialize_distributed``) every
-    process gets the outputs of all runs (gathered into NumPy arrays when they
-    were sharded).
+    count (on a CPU the seeds are padded to one, ``seed_padding``, and the
+    copies dropped). In a multi-process run (``maybe_initialize_distributed``)
+    every process gets the outputs of all runs (gathered into NumPy arrays
+    when they were sharded).
     """
-    keys, hp, n_seeds, n_rows = _place(keys, hp, paired)
+    keys, hp, n_seeds, n_rows, pad = _place(keys, hp, paired)
     compiled = _stage(run, (_SEED, _SEED if paired else _ROW, _SHARED), n_seeds, n_rows)
     if jax.process_count() > 1:
         return _across_processes(compiled, keys, hp, data)
-    return compiled(keys, hp, data)
+    return _unpad(compiled(keys, hp, data), n_seeds - pad, pad)
 
 
 def _stage(fn: Callable, kinds: tuple[str, ...], n_seeds: int, n_rows: int, *static):
@@ -298,7 +330,7 @@ def vmapped_chunks(run: Callable, keys, hp: Mapping[str, np.ndarray], data,
         return vmapped(run, keys, hp, data)
     if epochs_per_chunk < 1:
         raise ValueError(f"epochs_per_chunk={epochs_per_chunk} must be >= 1")
-    keys, hp, n_seeds, n_rows = _place(keys, hp)
+    keys, hp, n_seeds, n_rows, pad = _place(keys, hp)
     start = _stage(stages.start, (_SEED, _ROW, _SHARED), n_seeds, n_rows)
     finish = _stage(stages.finish, (_BOTH, _BOTH, _SEED, _ROW, _SHARED), n_seeds, n_rows)
     epoch_axis = 2 if n_seeds else 1
@@ -321,7 +353,7 @@ def vmapped_chunks(run: Callable, keys, hp: Mapping[str, np.ndarray], data,
             checkpoint.save(epoch, carry, parts[0])
         else:
             jax.block_until_ready(carry)  # the signal check point of this chunk
-    return finish(carry, _concat(parts, epoch_axis), keys, hp, data)
+    return _unpad(finish(carry, _concat(parts, epoch_axis), keys, hp, data), n_seeds - pad, pad)
 
 
 def _concat(parts, axis: int):

@@ -19,9 +19,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
-# Two sweeps: 4 seeds (the seed axis is sharded) and 3 seeds x 4 subspace
-# sizes (3 does not divide 4, so the hyperparameter axis is sharded).
-CASES = {"seeds": ((0, 1, 2, 3), (5, 20)), "hp": ((0, 1, 2), (2, 5, 10, 20))}
+# Sweeps: 4 seeds (the seed axis is sharded); 3 seeds x 4 subspace sizes
+# vmapped (3 does not divide 4, so the hyperparameter axis is sharded); and
+# 3 seeds in the CPU default (mapped: padded to 4, whole and in chunks).
+CASES = {"seeds": ((0, 1, 2, 3), (5, 20)), "hp": ((0, 1, 2), (2, 5, 10, 20)),
+         "padded": ((0, 1, 2), (5, 20)), "padded_chunks": ((0, 1, 2), (5, 20))}
+SEED_FORMS = {"hp": "vmap"}  # the others: auto
 
 
 # ---------------------------------------------------------------- worker
@@ -37,18 +40,21 @@ def worker(out_dir: str) -> None:
     tcfg = C.train_config(epochs=2, batch_size=32, eval_chunk=64, learning_rate=0.05)
     run = train.make_run(models.get("zoo_fc16"), tcfg, C.subspace_config(20), len(ds.train_y))
     info = {"device_count": jax.device_count(), "process_count": jax.process_count(),
-            "process_index": jax.process_index(), "shards": {}}
+            "process_index": jax.process_index(), "shards": {}, "padding": {}}
     arrays = {}
     for case, (seeds, dims) in CASES.items():
+        os.environ[vectorize.SEED_FORM_ENV] = SEED_FORMS.get(case, "auto")
+        info["padding"][case] = vectorize.seed_padding(len(seeds))
         d_R = np.asarray(dims, np.int32)
         hp = {"d_active": d_R, "learning_rate": np.full(len(d_R), 0.05, np.float32),
               "weight_decay": np.zeros(len(d_R), np.float32)}
-        out = vectorize.vmapped(run, vectorize.run_keys(seeds), hp, dat)
+        go = vectorize.vmapped_chunks if case.endswith("chunks") else vectorize.vmapped
+        out = go(run, vectorize.run_keys(seeds), hp, dat)
         leaves = {"params": out.params, "val_acc": out.final["val_acc"],
                   "test_acc": out.final["test_acc"], "train_loss": out.history["train_loss"]}
         for name, x in leaves.items():
             arrays[f"{case}/{name}"] = np.asarray(x)
-            if isinstance(x, jax.Array):  # multi-process outputs come back gathered (NumPy)
+            if isinstance(x, jax.Array) and case in ("seeds", "hp"):  # gathered: NumPy
                 info["shards"][f"{case}/{name}"] = {
                     "devices": len(x.sharding.device_set),
                     "indices": sorted(str(s.index) for s in x.addressable_shards),
@@ -119,6 +125,11 @@ def test_four_devices_equal_one_device_and_are_sharded(runs):
     assert info1["device_count"] == 1 and info4["device_count"] == 4
     assert_same_numbers(got, ref)
     assert ref["seeds/params"].shape == (4, 2, 20) and ref["hp/params"].shape == (3, 4, 20)
+    # 3 seeds on 4 mapped devices gain one copy, dropped from the outputs.
+    assert info1["padding"] == {case: 0 for case in CASES}
+    assert info4["padding"] == {"seeds": 0, "hp": 0, "padded": 1, "padded_chunks": 1}
+    assert got["padded/params"].shape == (3, 2, 20)
+    np.testing.assert_allclose(got["padded/params"], got["padded_chunks/params"], rtol=1e-6)
     for name, shards in info4["shards"].items():
         case = name.split("/")[0]
         assert shards["devices"] == 4, (name, shards)
