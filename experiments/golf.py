@@ -36,8 +36,8 @@ space, budget or pinned setting is refused (``search.batches`` may grow).
 
 Writes: config.json, metrics.jsonl (``phase`` search or final), study.db,
 runs/final.json (per seed: accuracies, counts, kept flat params; golf_prune
-reads it), golf.npz (seed 0; ``tools/check_model.py``), summary.json/.md
-and accuracy_vs_params.png.
+reads it), golf.npz (the seed best on the choosing half, ``chosen_seed``;
+``tools/check_model.py``), summary.json/.md and accuracy_vs_params.png.
 
 Cost and result (docs/results/golf.md): the reference-neighbourhood search
 on that page (2 batches x 4 trials of 16 epochs, 5 final seeds) took 25 min
@@ -712,15 +712,22 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     return wd.run_record("final")
 
 
-def export_seed0(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
-    """Writes golf.npz from seed 0's kept params; None if seed 0 diverged."""
-    rec = next(r for r in final["records"] if r["seed"] == 0)
-    if rec["status"] != "ok":
+def chosen_seed(final: dict) -> int | None:
+    """The final seed with the best choosing-half accuracy (ok runs only): the
+    exported headline model. Its deciding-half and test accuracies chose nothing."""
+    return report.choose({int(r["seed"]): [r] for r in final["records"]}, "val_acc")
+
+
+def export_chosen(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
+    """Writes golf.npz from the chosen seed's kept params; None if every seed diverged."""
+    seed = chosen_seed(final)
+    if seed is None:
         if os.path.exists(wd.file("golf.npz")):  # never leave an earlier final's export
             os.remove(wd.file("golf.npz"))
         return None
+    rec = next(r for r in final["records"] if int(r["seed"]) == seed)
     model, params = exported(build_model(cfg, final["params"]), rec["theta"], train_x)
-    return export.export_model(wd.file("golf.npz"), model, params)
+    return {**export.export_model(wd.file("golf.npz"), model, params), "seed": seed}
 
 
 # ---------------------------------------------------------------- report
@@ -765,8 +772,13 @@ def summarise(cfg, history: list[dict], final: dict | None, desc: dict | None) -
                             for r in final["records"]]}
         for key in ("val_acc", "decide_acc", "test_acc", "train_acc", "nonzero_params"):
             row[key + "_mean"], row[key + "_sd"] = report.mean_sd([r[key] for r in ok if key in r])
-        row["exported"] = None if desc is None else {"file": "golf.npz",
-                                                     "nonzero_params": desc["nonzero_params"]}
+        if desc is not None:
+            rec = next(r for r in final["records"] if int(r["seed"]) == desc["seed"])
+            row["exported"] = {"file": "golf.npz", "seed": desc["seed"],
+                               "nonzero_params": desc["nonzero_params"],
+                               **{k: rec[k] for k in ("val_acc", "decide_acc", "test_acc")}}
+        else:
+            row["exported"] = None
         summary["final"] = row
     return summary
 
@@ -790,6 +802,11 @@ def markdown(summary: dict) -> str:
         r = f["recipe"]
         lines += ["", f"Recipe (trial {f['trial']}): "
                   + ", ".join(f"{k}={v}" for k, v in r.items())]
+        e = f.get("exported")
+        if e is not None and "seed" in e:
+            lines += ["", (f"Exported (golf.npz): seed {e['seed']}, the best on the choosing "
+                           f"half ({100 * e['val_acc']:.2f}%); decide {100 * e['decide_acc']:.2f}%, "
+                           f"test {100 * e['test_acc']:.2f}%, {e['nonzero_params']:,} non-zero.")]
     s = summary["search"]
     lines += ["", (f"Search: {s['trained_trials']} trials trained ({s['ok']} ok, "
                    f"{s['diverged']} diverged, {s['failed']} failed); {s['over_budget']} asks "
@@ -866,7 +883,7 @@ def run(cfg, workdir: str) -> dict:
         print("no trial completed: nothing to retrain", flush=True)
     else:
         final = final_runs(cfg, wd, runs, best, dat)
-        desc = export_seed0(cfg, wd, final, dat.train_x)
+        desc = export_chosen(cfg, wd, final, dat.train_x)
     summary = summarise(cfg, history, final, desc)
     wd.write_json("summary.json", summary)
     text = markdown(summary)

@@ -879,7 +879,7 @@ python launch.py --experiment=golf --workdir=runs/golf_gmp450_aug --config.budge
     --config.space.schedules='("cosine",)' --config.space.learning_rate='(0.003,0.02)' \\
     --config.space.augment='(True,)' --config.space.ema='(True,)' --config.space.prune_to='(450,)' \\
     --config.search.batches=2 --config.search.random_batches=1
-python tools/check_model.py docs/results/golf/gmp450_aug/golf.npz   # seed 0: 98.29%, 450 non-zero
+python tools/check_model.py docs/results/golf/gmp450_aug/golf.npz   # seed 0 (chosen on validation): 98.29%, 450 non-zero
 # The published records' own recipes under this protocol (experiments/golf_records.py): the 820
 # net (5 seeds, 4.4 min on this CPU, 2026-12-03), then pruned on validation; the 697 net (6 seeds)
 python launch.py --experiment=golf_records --config.recipes='("hexhowells_820",)' \\
@@ -978,7 +978,8 @@ def interpret(root: str) -> str:
             figure("golf_interpret_first_layer.png", "first layer"),
             figure("golf_interpret_class_feature_means.png", "class feature means"),
             figure("golf_interpret_ascent_logits.png", "logit visualisation"), "",
-            "The same for the 450-non-zero golf model pruned during training, seed 0 "
+            "The same for the 450-non-zero golf model pruned during training, seed 0 (chosen on "
+            "the choosing validation half) "
             "(`docs/results/golf/gmp450_aug/golf.npz`, 98.29% test; "
             "`python launch.py --experiment=interpret "
             "--config.model_file=docs/results/golf/gmp450_aug/golf.npz`, 16 s):", "",
