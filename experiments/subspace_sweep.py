@@ -41,7 +41,8 @@ Burn-in and trajectory kinds train in full space first (extra information:
 the reported free parameters stay d; see experiments/intrinsic_dimension.py).
 
 Writes: config.json, metrics.jsonl (per epoch and run), runs/*.json,
-summary.json (the table), summary.md, accuracy_vs_d.png.
+summary.json (the table; per row its mean validation curve and best epoch),
+summary.md, accuracy_vs_d.png, val_curves.png (validation accuracy per epoch).
 """
 
 from __future__ import annotations
@@ -150,22 +151,28 @@ def run(cfg, workdir: str) -> dict:
     units = units_for(cfg, wd, ds, dat)
     results = sweep.run_units(wd, units, "subspace_sweep")
 
-    summary = {"models": {}, "failed_units": [u.name for u in units if u.name not in results]}
-    lines = ["| model | params D | d | lr | val acc % | test acc % | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    units_by_name = {u.name: u for u in units}
+    summary = {"models": {}, "epochs": cfg.train.epochs,
+               "failed_units": [u.name for u in units if u.name not in results]}
+    lines = ["| model | params D | d | lr | val acc % | test acc % | best epoch | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in cfg.models:
         D = models.param_count(models.for_data(name, ds))
-        full = results.get(f"{name}_full", [])
-        sub = results.get(f"{name}_subspace_{cfg.projection}", [])
-        table = {"full": sweep.select_and_summarise(full, "d"),
-                 "subspace": sweep.select_and_summarise(sub, "d")}
+        table = {}
+        for part, unit in (("full", units_by_name[f"{name}_full"]),
+                           ("subspace", units_by_name[f"{name}_subspace_{cfg.projection}"])):
+            records = results.get(unit.name, [])
+            table[part] = sweep.select_and_summarise(records, "d")
+            sweep.add_curves(table[part], records,
+                             wd.metrics(unit.id, ("seed", "d", "learning_rate", "epoch")), "d")
         summary["models"][name] = {"params": D, **table}
         for label, row in ([(f"{r['d']:,}", r) for r in table["subspace"]]
                            + [("full", r) for r in table["full"]]):
             lines.append(f"| {name} | {D:,} | {label} | {row['learning_rate']:g} | "
                          f"{sweep.fmt_pct(row['val_acc_mean'], row['val_acc_sd'])} | "
                          f"{sweep.fmt_pct(row['test_acc_mean'], row['test_acc_sd'])} | "
-                         f"{row['seeds']} |")
+                         f"{'-' if row['best_epoch_mean'] is None else row['best_epoch_mean']:g}"
+                         f" of {cfg.train.epochs} | {row['seeds']} |")
     wd.write_json("summary.json", summary)
     with open(wd.file("summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -173,4 +180,7 @@ def run(cfg, workdir: str) -> dict:
     fig = plots.accuracy_vs_d(summary["models"], f"epochs={cfg.train.epochs}, "
                               f"seeds={len(cfg.seeds)}, {cfg.projection} P")
     print("figure:", wd.save_figure(fig, "accuracy_vs_d.png"))
+    fig = plots.val_curves(summary["models"], f"{cfg.projection} P, mean over ok seeds of "
+                           "the lr chosen per d")
+    print("figure:", wd.save_figure(fig, "val_curves.png"))
     return summary

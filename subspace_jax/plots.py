@@ -39,6 +39,27 @@ def accuracy_vs_d(models: dict, subtitle: str = ""):
     return fig
 
 
+def val_curves(models: dict, subtitle: str = ""):
+    """One panel per model: mean validation accuracy per epoch, one line per d."""
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], models.items()):
+        for label, row in ([(f"d={r['d']:,}", r) for r in m["subspace"]]
+                           + [(f"full ({m['params']:,})", r) for r in m["full"]]):
+            curve = row.get("val_acc_curve") or []
+            if curve:
+                ax.plot(range(1, len(curve) + 1), 100 * np.asarray(curve), ".-", label=label,
+                        ls=":" if label.startswith("full") else "-")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{name} (D={m['params']:,})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 PUBLISHED_MARKERS = {"tiny-MNIST": "x", "Li": "+", "subspace-nn": "1"}  # by source prefix
 
 

@@ -113,6 +113,19 @@ class Workdir:
             f.flush()
             os.fsync(f.fileno())
 
+    def metrics(self, run_id: str, by: tuple[str, ...]) -> list[dict]:
+        """The metrics rows of unit ``run_id``, one per value of the ``by`` keys:
+        a unit re-run after a crash between its rows and its record logs twice,
+        and the later row wins."""
+        rows: dict = {}
+        if os.path.exists(self.file("metrics.jsonl")):
+            with open(self.file("metrics.jsonl")) as f:
+                for line in f:
+                    row = json.loads(line)
+                    if row.get("unit") == run_id:
+                        rows[tuple(row.get(k) for k in by)] = row
+        return list(rows.values())
+
     def run_record(self, run_id: str) -> dict | None:
         path = self.file(f"runs/{run_id}.json")
         if not os.path.exists(path):

@@ -24,13 +24,17 @@ def test_subspace_sweep_quick_end_to_end_and_resume(tmp_path):
             "--config.data.train_size=0"]
     first = launch(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md", "accuracy_vs_d.png"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md", "accuracy_vs_d.png",
+                 "val_curves.png"):
         assert (tmp_path / name).exists(), name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["models"]) == {"zoo_cnn_small", "zoo_fc16"}
     rows = summary["models"]["zoo_fc16"]["subspace"]
     assert [r["d"] for r in rows] == [10, 100]
     assert all(r["learning_rate"] in (0.03, 0.1) for r in rows)
+    for r in rows + summary["models"]["zoo_fc16"]["full"]:  # one seed: its curve and its record
+        assert len(r["val_acc_curve"]) == summary["epochs"] == 2
+        assert r["val_acc_curve"][int(r["best_epoch_mean"]) - 1] == pytest.approx(r["val_acc_mean"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert all("epoch" in json.loads(line) for line in lines)
     assert "ETA" in first.stdout
