@@ -15,10 +15,25 @@ def _series(rows, key):
             np.asarray([r[key + "_sd"] for r in rows]))
 
 
-def accuracy_vs_d(models: dict, subtitle: str = ""):
-    """One panel per model: validation and test accuracy vs d, full space dashed."""
+def _model_panels(models: dict, draw, xlabel: str, ylabel: str, subtitle: str):
+    """One panel per model of ``models``; ``draw(ax, m)`` fills one."""
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, (name, m) in zip(axes[0], models.items()):
+        draw(ax, m)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{name} (D={m['params']:,})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_d(models: dict, subtitle: str = ""):
+    """One panel per model: validation and test accuracy vs d, full space dashed."""
+    def draw(ax, m):
         for key, style in (("val_acc", "o-"), ("test_acc", "s--")):
             d, mean, sd = _series(m["subspace"], key)
             ax.errorbar(d, 100 * mean, yerr=100 * sd, fmt=style, capsize=3,
@@ -28,36 +43,19 @@ def accuracy_vs_d(models: dict, subtitle: str = ""):
                 ax.axhline(100 * row["test_acc_mean"], color="k", ls=":",
                            label=f"full space ({m['params']:,}), test")
         ax.set_xscale("log")
-        ax.set_xlabel("subspace dimension d")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{name} (D={m['params']:,})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    if subtitle:
-        fig.suptitle(subtitle, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _model_panels(models, draw, "subspace dimension d", "accuracy (%)", subtitle)
 
 
 def val_curves(models: dict, subtitle: str = ""):
     """One panel per model: mean validation accuracy per epoch, one line per d."""
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], models.items()):
+    def draw(ax, m):
         for label, row in ([(f"d={r['d']:,}", r) for r in m["subspace"]]
                            + [(f"full ({m['params']:,})", r) for r in m["full"]]):
             curve = row.get("val_acc_curve") or []
             if curve:
-                ax.plot(range(1, len(curve) + 1), 100 * np.asarray(curve), ".-", label=label,
+                ax.plot(range(1, len(curve) + 1), 100 * np.asarray(curve), marker=".", label=label,
                         ls=":" if label.startswith("full") else "-")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{name} (D={m['params']:,})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    if subtitle:
-        fig.suptitle(subtitle, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _model_panels(models, draw, "epoch", "validation accuracy (%)", subtitle)
 
 
 PUBLISHED_MARKERS = {"tiny-MNIST": "x", "Li": "+", "subspace-nn": "1"}  # by source prefix
