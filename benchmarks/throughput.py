@@ -39,9 +39,7 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from subspace_jax import cpu_devices  # noqa: E402
+from subspace_jax import cpu_devices  # the package is installed (README); no sys.path edit
 
 if __name__ == "__main__":
     cpu_devices.configure()  # before JAX starts, as launch.py does

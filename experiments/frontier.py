@@ -207,20 +207,23 @@ def intrinsic_dimension(root: str) -> list[dict]:
 
 
 SWEEP_BUDGET = "4 epochs"   # its config.json is not committed; the experiment's default
+# (summary, protocol) of each committed subspace_sweep run
+SWEEPS = (("subspace_sweep_summary.json", "previous"),)
 
 
 def subspace_sweep(root: str) -> list[dict]:
-    rel = "subspace_sweep_summary.json"
-    where = {"source": rel, "budget": SWEEP_BUDGET, "protocol": "previous",
-             "choose_key": "val_acc_mean"}
     out = []
-    for name, m in read(root, rel)["models"].items():
-        for r in m["subspace"]:
-            out.append(point("random subspace", f"{name}, dense P, d = {r['d']:,}", r["d"], r,
-                             seeds=r["seeds"], **where))
-        for r in m["full"]:
-            out.append(point("dense baseline", f"{name}, full space", m["params"], r,
-                             seeds=r["seeds"], **where))
+    for rel, protocol in SWEEPS:
+        s = read(root, rel)
+        where = {"source": rel, "budget": f"{s['epochs']} epochs" if "epochs" in s else SWEEP_BUDGET,
+                 "protocol": protocol, "choose_key": "val_acc_mean"}
+        for name, m in s["models"].items():
+            for r in m["subspace"]:
+                out.append(point("random subspace", f"{name}, dense P, d = {r['d']:,}", r["d"], r,
+                                 seeds=r["seeds"], **where))
+            for r in m["full"]:
+                out.append(point("dense baseline", f"{name}, full space", m["params"], r,
+                                 seeds=r["seeds"], **where))
     return out
 
 

@@ -6,8 +6,9 @@ Presenting each core as a device (``--xla_force_host_platform_device_count``)
 lets ``vectorize`` shard the run axis (seeds, or hyperparameter rows) across
 cores: measured on this project's 2-core Intel Xeon machine (2026-12-02), the
 intrinsic_dimension grid unit of fc_200_200 (3 seeds x 6 subspace sizes, one
-epoch) took 26.3 s with 2 devices and 38.6 s with 1. A run axis that does not
-divide the device count runs on one device, as before.
+epoch) took 26.3 s with 2 devices and 38.6 s with 1. Seeds that do not divide
+the device count are padded with copies (``vectorize.seed_padding``);
+hyperparameter rows that do not divide it run on one device.
 
 ``launch.py`` calls ``configure()`` before anything imports JAX. The default
 is one device per core this process may use; ``SUBSPACE_JAX_CPU_DEVICES=N``

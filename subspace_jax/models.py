@@ -114,7 +114,8 @@ def _depthwise_init(key, k, c):
 
 
 # ---------------------------------------------------------------- families
-def mlp(name: str, hidden: Sequence[int], n_in: int = 784, n_out: int = MNIST_CLASSES,
+def mlp(name: str, hidden: Sequence[int], n_in: int = math.prod(MNIST_SHAPE),
+        n_out: int = MNIST_CLASSES,
         input_shape: Sequence[int] | None = None) -> Model:
     """Dense ReLU layers on the flattened input; ``input_shape`` (e.g. H x W x C)
     sets ``n_in`` and the export's input shape."""

@@ -37,6 +37,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from subspace_jax.data import MNIST_CLASSES
+
 ACTIVATIONS = ("linear", "sigmoid", "tanh", "gaussian", "sin", "cos", "abs", "relu", "inverse")
 LINEAR = 0
 OFF, ON, DISABLED = 0, 1, 2
@@ -116,7 +118,7 @@ def prepare_inputs(x_NxRxCx1: np.ndarray, resolution: int = 16, deskew_images: b
 
 
 # ---------------------------------------------------------------- genomes
-def empty_genome(n_in: int, n_hidden: int, n_out: int = 10) -> dict[str, np.ndarray]:
+def empty_genome(n_in: int, n_hidden: int, n_out: int = MNIST_CLASSES) -> dict[str, np.ndarray]:
     k = n_hidden + n_out
     return {"in_conn": np.zeros((n_in, k), np.int8), "hid_conn": np.zeros((n_hidden, k), np.int8),
             "act": np.full(k, LINEAR, np.int32), "node_on": np.zeros(n_hidden, bool)}
@@ -184,7 +186,7 @@ def check_genome(genome) -> None:
 
 
 def init_population(rng: np.random.Generator, pop_size: int, n_in: int, n_hidden: int,
-                    n_out: int = 10, p_enable: float = 0.05) -> dict[str, np.ndarray]:
+                    n_out: int = MNIST_CLASSES, p_enable: float = 0.05) -> dict[str, np.ndarray]:
     """Minimal networks: no hidden nodes, each input->output connection on with
     probability ``p_enable`` (at least one per genome so every mutation can act)."""
     genomes = []
