@@ -151,6 +151,17 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path):
         assert z["m"].all()
 
 
+def test_metrics_of_a_unit_logged_twice_keep_the_later_rows(tmp_path):
+    """A unit re-run after a crash between its rows and its record logs again."""
+    wd = workdir.Workdir(str(tmp_path))
+    assert wd.metrics("u", ("seed", "epoch")) == []
+    wd.append_metrics([{"unit": "u", "seed": 0, "epoch": e, "val_acc": 0.1 * e} for e in (1, 2)])
+    wd.append_metrics([{"unit": "v", "seed": 0, "epoch": 1, "val_acc": 0.9}])
+    wd.append_metrics([{"unit": "u", "seed": 0, "epoch": e, "val_acc": 0.5 * e} for e in (1, 2)])
+    got = wd.metrics("u", ("seed", "epoch"))
+    assert [(r["epoch"], r["val_acc"]) for r in got] == [(1, 0.5), (2, 1.0)]
+
+
 def test_one_compiled_run_ticks_to_the_label_that_is_current(synthetic, dat):
     """Two labels through one run: one trace, each block's own label on every
     epoch, and no tick lost or stray."""
