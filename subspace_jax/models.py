@@ -156,7 +156,18 @@ def _conv_out(size, kernels, pools):
     return size
 
 
-LAYER_KINDS = ("conv", "depthwise", "gap", "flatten", "dense")
+LAYER_KINDS = ("conv", "depthwise", "gap", "flatten", "dense", "maxpool", "instance_norm")
+TRAINABLE_KINDS = ("conv", "depthwise", "dense", "instance_norm")
+IN_EPS = 1e-5  # instance_norm: added to the standard deviation
+
+
+def instance_norm(h, scale_1, shift_1):
+    """Each sample standardised over all its values (every axis but the batch; sd
+    with n - 1), then one learned scale and shift: 2 parameters per layer."""
+    axes = tuple(range(1, h.ndim))
+    mean = h.mean(axis=axes, keepdims=True)
+    sd = jnp.std(h, axis=axes, keepdims=True, ddof=1)
+    return (h - mean) / (sd + IN_EPS) * scale_1 + shift_1
 
 
 ACTIVATIONS = ("relu", "prelu", "leaky_relu", "none")
@@ -236,6 +247,10 @@ def _forward_layer(layer: dict, p, h, conv_impl: str = "slice"):
         return h.reshape(h.shape[0], -1)
     if kind == "gap":
         return h.mean(axis=(1, 2))
+    if kind == "maxpool":
+        return maxpool2(h)
+    if kind == "instance_norm":
+        return instance_norm(h, p["scale"], p["shift"])
     if kind in ("conv", "depthwise") and layer.get("padding", "valid") == "same":
         h = pad_same(h, int(layer["kernel"]))
     if kind == "conv":
@@ -253,7 +268,8 @@ def _forward_layer(layer: dict, p, h, conv_impl: str = "slice"):
 def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "slice") -> Model:
     """The Model that runs an export layer list, in order (the semantics of each
     kind are in ``tools/check_model.py``). Init: one key per layer with
-    parameters, split from the root key in layer order; PReLU slopes start at 0.25."""
+    parameters, split from the root key in layer order; PReLU slopes start at 0.25,
+    instance norms at scale 1, shift 0. Layers repeating a name share its parameters."""
     layers = [dict(layer) for layer in arch["layers"]]
     in_shape = tuple(arch["input_shape"])
     for layer in layers:
@@ -268,11 +284,24 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
         if layer.get("padding", "valid") not in PADDINGS:
             raise ValueError(f"arch layer padding {layer['padding']!r}; valid: "
                              f"{', '.join(PADDINGS)}")
-    trainable = [layer for layer in layers if layer["kind"] in ("conv", "depthwise", "dense")]
+    # Layers that repeat a name share its parameters (stored, trained and counted once).
+    trainable = {}
+    for layer in layers:
+        if layer["kind"] in TRAINABLE_KINDS:
+            first = trainable.setdefault(layer["name"], layer)
+            if first != layer:
+                raise ValueError(f"arch layers named {layer['name']!r} differ ({first} vs "
+                                 f"{layer}): a repeated name shares parameters, so its "
+                                 "layers must be the same")
+    trainable = list(trainable.values())
 
     def init(key):
         params = {}
         for layer, k in zip(trainable, jax.random.split(key, len(trainable))):
+            if layer["kind"] == "instance_norm":
+                params[layer["name"]] = {"scale": jnp.ones((1,), jnp.float32),
+                                         "shift": jnp.zeros((1,), jnp.float32)}
+                continue
             if layer["kind"] == "conv":
                 p = _conv_init(k, layer["kernel"], layer["in"], layer["out"])
             elif layer["kind"] == "depthwise":
@@ -620,9 +649,11 @@ def param_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     """``{"conv0/w": (k, k, in, out), ...}``: every parameter an arch implies
     (biases and PReLU slopes included), without building or tracing a model."""
     shapes = {}
-    for layer in arch["layers"]:  # flatten and gap hold no parameters
-        n = layer.get("name")
-        if layer["kind"] == "conv":
+    for layer in arch["layers"]:  # flatten, gap and maxpool hold no parameters
+        n = layer.get("name")  # a repeated name is one set of (shared) parameters
+        if layer["kind"] == "instance_norm":
+            shapes[f"{n}/scale"] = shapes[f"{n}/shift"] = (1,)
+        elif layer["kind"] == "conv":
             k = layer["kernel"]
             shapes[f"{n}/w"] = (k, k, layer["in"], layer["out"])
             shapes[f"{n}/b"] = (layer["out"],)

@@ -44,6 +44,41 @@ def test_keras_layers_count_run_and_export_as_the_numpy_checker_reads_them(tmp_p
              "activation": "leaky_relu", "pool": False}]})
 
 
+def test_shared_net_counts_shared_weights_once_and_the_checker_runs_it(tmp_path):
+    model = gr.shared_separable()
+    assert models.param_count(model) == models.arch_param_count(model.arch) == 1936
+    shapes = models.param_shapes(model.arch)
+    assert shapes["dw_shared/w"] == (3, 3, 26) and shapes["in3/scale"] == (1,)
+    rng = np.random.default_rng(1)
+    params = {}
+    for key, shape in shapes.items():
+        layer, name = key.split("/")
+        params.setdefault(layer, {})[name] = (1 + rng.random(shape) if name == "scale" else
+                                              rng.standard_normal(shape)).astype(np.float32)
+    x = rng.standard_normal((4, 28, 28, 1)).astype(np.float32)
+    desc = export.export_model(str(tmp_path / "s.npz"), model, params)
+    assert desc["dense_params"] == 1936
+    check = check_model()
+    got_desc, arrays = check.load_model(str(tmp_path / "s.npz"))
+    assert len(arrays) == len(shapes) and check.nonzero_count(arrays) == 1936
+    np.testing.assert_allclose(np.asarray(model.apply(params, x)),
+                               check.forward(got_desc, arrays, x), rtol=1e-4, atol=1e-4)
+    # The blocks really share: changing the one stored pointwise conv changes every block.
+    bumped = {**arrays, "conv_shared/w": arrays["conv_shared/w"] * 1.5}
+    assert not np.allclose(check.forward(got_desc, bumped, x), check.forward(got_desc, arrays, x))
+    # Instance norm: each sample standardised over all its values (sd with n - 1).
+    h = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)
+    out = np.asarray(models.instance_norm(h, np.float32([2.0]), np.float32([0.5])))
+    np.testing.assert_allclose(out.reshape(2, -1).mean(1), 0.5, atol=1e-5)
+    np.testing.assert_allclose(out.reshape(2, -1).std(1, ddof=1), 2 / (1 + 1e-5), rtol=1e-4)
+    # A repeated name must repeat the same layer.
+    bad = copy.deepcopy(model.arch)
+    second = [i for i, layer in enumerate(bad["layers"]) if layer.get("name") == "conv_shared"][1]
+    bad["layers"][second]["activation"] = "none"
+    with pytest.raises(ValueError, match="conv_shared"):
+        models.from_arch(bad)
+
+
 def _record(seed, val, test, status="ok"):
     return {"seed": seed, "val_acc": val, "decide_acc": val, "test_acc": test, "status": status}
 

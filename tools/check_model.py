@@ -45,6 +45,15 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
     (channel fastest).
   - ``{"kind": "dense", "name": "dense0", "in": n, "out": m,
     "activation": "relu" | "none"}``: ``y = x @ W + b``, then the activation.
+  - ``{"kind": "maxpool"}``: the 2x2 max-pooling above, as a layer of its own.
+  - ``{"kind": "instance_norm", "name": "in0"}``: each image's values (all of
+    ``H x W x C``, or the whole vector after ``gap``/``flatten``/``dense``)
+    standardised by their own mean and standard deviation (with ``n - 1``),
+    ``y = (x - mean) / (sd + 1e-5) * scale + shift``; ``scale`` and ``shift``
+    are single learned numbers (2 parameters).
+
+  Shared parameters: layers with the same ``name`` use the same arrays (the
+  same kind and shapes); the arrays are stored once and counted once.
 
   The last layer's outputs are the 10 class logits; the prediction is their argmax.
   ``dense_params`` counts every stored value; ``nonzero_params`` the non-zero
@@ -53,7 +62,7 @@ An ``.npz`` archive (``numpy.savez``; loads with ``allow_pickle=False``) with:
   ``conv*/w`` (``k x k x in x out``), ``conv*/b`` (``out``), ``conv*/slope``
   (``out``, prelu only), ``dw*/w`` (``k x k x channels``), ``dw*/b``
   (``channels``; absent with ``"bias": false``), ``dense*/w`` (``in x out``),
-  ``dense*/b`` (``out``).
+  ``dense*/b`` (``out``), ``in*/scale`` and ``in*/shift`` (``1``).
   (Parameters are found by the layer's ``name``; the prefixes are the
   convention of the files this repository writes.)
 
@@ -189,6 +198,13 @@ def forward(desc: dict, arrays: dict[str, np.ndarray], x_NHWC: np.ndarray) -> np
             h = depthwise_valid(pad(h, layer), p[n + "/w"], b)
         elif kind == "gap":
             h = h.mean(axis=(1, 2))
+        elif kind == "maxpool":
+            h = maxpool2(h)
+        elif kind == "instance_norm":
+            n, axes = layer["name"], tuple(range(1, h.ndim))
+            mean = h.mean(axis=axes, keepdims=True)
+            sd = h.std(axis=axes, keepdims=True, ddof=1)
+            h = (h - mean) / (sd + 1e-5) * p[n + "/scale"] + p[n + "/shift"]
         elif kind == "flatten":
             h = h.reshape(h.shape[0], -1)
         elif kind == "dense":
