@@ -144,7 +144,62 @@ def subspace_sweep(root: str) -> str:
             figure("subspace_sweep_accuracy_vs_d.png", "accuracy vs d"), ""]
     return page("subspace_sweep: accuracy vs subspace size d", "subspace_sweep",
                 "python launch.py --experiment=subspace_sweep      # writes runs/subspace_sweep/",
-                body)
+                body + subspace_long(root))
+
+
+LONG = "cpu/subspace_sweep_conv_long"
+LONG_RUN = ("the 2-core Intel Xeon CPU, 2 XLA devices, jax 0.10.2, 2026-12-03, commit "
+            "`296565f`, 1 h 52 min wall (the full-space unit 2 min 35 s), sharing the CPU with "
+            "short test runs")
+SUBSPACE_NN = {21840: 0.990, 10000: 0.988, 3000: 0.970, 1000: 0.935}  # 100 epochs, test-selected
+
+
+def subspace_long(root: str) -> list[str]:
+    """The conv net to d = 10,000 under the current protocol (issue 15, item 2)."""
+    if not exists(root, f"{LONG}/summary.json"):
+        return []
+    s, cfg = load(root, f"{LONG}/summary.json"), load(root, f"{LONG}/config.json")
+    epochs, m = s["epochs"], s["models"]["conv_subspace"]
+    half = epochs // 2
+    rows = []
+    for r in m["subspace"] + m["full"]:
+        full = r in m["full"]
+        d = m["params"] if full else r["d"]
+        curve = r["val_acc_curve"]
+        rise = (f"{100 * (max(curve[half:]) - max(curve[:half])):+.2f}" if len(curve) == epochs
+                else "-")
+        rows.append(["full" if full else f"{d:,}", f"{r['learning_rate']:.4g}",
+                     pct(r["val_acc_mean"], r["val_acc_sd"]),
+                     pct(r["decide_acc_mean"], r["decide_acc_sd"]),
+                     pct(r["test_acc_mean"], r["test_acc_sd"]),
+                     f"{r['best_epoch_mean']:g}", rise, pct(SUBSPACE_NN.get(d), None, 1),
+                     r["seeds"], r["diverged"]])
+    lr0 = ", ".join(f"{v:g}" for v in cfg["subspace_learning_rates"])
+    return [
+        f"## The conv net to d = 10,000, {epochs} epochs (current protocol)", "",
+        f"conv_subspace (D = {m['params']:,}), dense P (one per seed, d up to 10,000, the "
+        f"smaller d masked), {len(cfg['seeds'])} seeds, {epochs} epochs of constant-lr Adam, "
+        f"batch {cfg['subspace_batch_size']} in the subspace and {cfg['train']['batch_size']} in "
+        f"full space. Subspace lr by the `{cfg['subspace_lr_rule']}` rule, lr0 min(1, "
+        f"sqrt({cfg['subspace_lr_d0']:,} / d)), lr0 in {{{lr0}}}, the lr0 chosen per d on the "
+        "choosing validation half (mean over seeds); each run keeps its best epoch on that half; "
+        "the deciding half and the test set chose nothing and are scored once. \"rise\": the "
+        f"best mean validation accuracy of epochs {half + 1}-{epochs} minus that of epochs "
+        f"1-{half}, in points: how much the second half of the run still added. "
+        f"Machine: {LONG_RUN}. Data: `docs/results/{LONG}/summary.json`.", "",
+        *table(["d", "lr", "val acc % (chooses)", "decide acc %", "test acc %",
+                f"best epoch (of {epochs})", "rise, points", "subspace-nn, 100 epochs",
+                "seeds", "diverged"], rows, "rrrrrrrrrr"), "",
+        figure("subspace_sweep_conv_long_val_curves.png", "validation accuracy per epoch"), "",
+        "```bash",
+        "python launch.py --experiment=subspace_sweep --config.models='(\"conv_subspace\",)' \\",
+        "    --config.dims='(1000,3000,10000)' --config.subspace_lr_rule=sqrt \\",
+        "    --config.subspace_learning_rates='(0.025,0.05,0.1)' --config.train.epochs=20 \\",
+        "    --workdir=runs/subspace_sweep_conv_long",
+        f"cp runs/subspace_sweep_conv_long/{{config,summary}}.json docs/results/{LONG}/",
+        "cp runs/subspace_sweep_conv_long/val_curves.png "
+        "docs/figures/subspace_sweep_conv_long_val_curves.png",
+        "```", ""]
 
 
 # ---------------------------------------------------------------- intrinsic_dimension
@@ -789,7 +844,7 @@ def golf_pruned(root: str) -> dict:
     return {"rows": rows, "nonzero": mean_sd(nz), "val": mean_sd(val), "test": mean_sd(test)}
 
 
-GOLF_RECORDS = ("golf/records", "golf/records_697")  # experiments/golf_records.py runs
+GOLF_RECORDS = ("golf/records", "golf/records_697", "golf/records_1936")  # experiments/golf_records.py runs
 
 
 def golf_records_section(root: str) -> list[str]:
