@@ -208,7 +208,8 @@ def intrinsic_dimension(root: str) -> list[dict]:
 
 SWEEP_BUDGET = "4 epochs"   # its config.json is not committed; the experiment's default
 # (summary, protocol) of each committed subspace_sweep run
-SWEEPS = (("subspace_sweep_summary.json", "previous"),)
+SWEEPS = (("subspace_sweep_summary.json", "previous"),
+          ("cpu/subspace_sweep_conv_long/summary.json", "current"))
 
 
 def subspace_sweep(root: str) -> list[dict]:

@@ -149,8 +149,8 @@ def subspace_sweep(root: str) -> str:
 
 LONG = "cpu/subspace_sweep_conv_long"
 LONG_RUN = ("the 2-core Intel Xeon CPU, 2 XLA devices, jax 0.10.2, 2026-12-03, commit "
-            "`296565f`, 1 h 52 min wall (the full-space unit 2 min 35 s), sharing the CPU with "
-            "short test runs")
+            "`d97f752` (summary rewritten by resuming at the commit that added it), 1 h 54 min wall "
+            "(full space 2 min 35 s), sharing the CPU with tests, a local CI run and another run")
 SUBSPACE_NN = {21840: 0.990, 10000: 0.988, 3000: 0.970, 1000: 0.935}  # 100 epochs, test-selected
 
 
