@@ -36,7 +36,7 @@ space, budget or pinned setting is refused (``search.batches`` may grow).
 
 Writes: config.json, metrics.jsonl (``phase`` search or final), study.db,
 runs/final.json (per seed: accuracies, counts, kept flat params; golf_prune
-reads it), golf.npz (the seed best on the choosing half, ``chosen_seed``;
+reads it), golf.npz (the seed best on the choosing half, ``export_chosen``;
 ``tools/check_model.py``), summary.json/.md and accuracy_vs_params.png.
 
 Cost and result (docs/results/golf.md): the reference-neighbourhood search
@@ -712,22 +712,23 @@ def final_runs(cfg, wd: Workdir, runs: _Runs, best: dict, data) -> dict:
     return wd.run_record("final")
 
 
-def chosen_seed(final: dict) -> int | None:
-    """The final seed with the best choosing-half accuracy (ok runs only): the
-    exported headline model. Its deciding-half and test accuracies chose nothing."""
-    return report.choose({int(r["seed"]): [r] for r in final["records"]}, "val_acc")
+EXPORTED_KEYS = ("seed", "nonzero_params", "val_acc", "decide_acc", "test_acc")
 
 
 def export_chosen(cfg, wd: Workdir, final: dict, train_x) -> dict | None:
-    """Writes golf.npz from the chosen seed's kept params; None if every seed diverged."""
-    seed = chosen_seed(final)
+    """Writes golf.npz from the kept params of the seed best on the choosing half
+    (``report.best_seed``, ok runs only: the headline model; its deciding-half and
+    test accuracies chose nothing). Returns the file's description with that
+    seed's accuracies; None if every seed diverged."""
+    seed = report.best_seed(final["records"])
     if seed is None:
         if os.path.exists(wd.file("golf.npz")):  # never leave an earlier final's export
             os.remove(wd.file("golf.npz"))
         return None
     rec = next(r for r in final["records"] if int(r["seed"]) == seed)
     model, params = exported(build_model(cfg, final["params"]), rec["theta"], train_x)
-    return {**export.export_model(wd.file("golf.npz"), model, params), "seed": seed}
+    return {**export.export_model(wd.file("golf.npz"), model, params),
+            **{k: rec[k] for k in ("seed", "val_acc", "decide_acc", "test_acc")}}
 
 
 # ---------------------------------------------------------------- report
@@ -772,13 +773,8 @@ def summarise(cfg, history: list[dict], final: dict | None, desc: dict | None) -
                             for r in final["records"]]}
         for key in ("val_acc", "decide_acc", "test_acc", "train_acc", "nonzero_params"):
             row[key + "_mean"], row[key + "_sd"] = report.mean_sd([r[key] for r in ok if key in r])
-        if desc is not None:
-            rec = next(r for r in final["records"] if int(r["seed"]) == desc["seed"])
-            row["exported"] = {"file": "golf.npz", "seed": desc["seed"],
-                               "nonzero_params": desc["nonzero_params"],
-                               **{k: rec[k] for k in ("val_acc", "decide_acc", "test_acc")}}
-        else:
-            row["exported"] = None
+        row["exported"] = None if desc is None else {
+            "file": "golf.npz", **{k: desc[k] for k in EXPORTED_KEYS}}
         summary["final"] = row
     return summary
 

@@ -287,12 +287,6 @@ def validate(cfg) -> None:
         train.check_options(cfg.train[name], f"train.{name}")
 
 
-def choose_seed(records: list[dict]) -> int | None:
-    """The seed whose run is best on the choosing half (``val_acc``); ok runs only,
-    ties to the smaller seed. Test accuracy is never looked at."""
-    return report.choose({int(r["seed"]): [r] for r in records}, "val_acc")
-
-
 def _theta_file(uid: str) -> str:
     return f"runs/{uid}.theta.npy"
 
@@ -339,7 +333,7 @@ KEYS = ("val_acc", "decide_acc", "test_acc", "train_acc")
 
 def summarise_recipe(cfg, name: str, records: list[dict], desc: dict | None) -> dict:
     r = RECIPES[name]
-    seed = choose_seed(records)
+    seed = report.best_seed(records)
     chosen = next((x for x in records if int(x["seed"]) == seed), None)
     row = {"recipe": name, "model": r.build().name,
            "dense_params": models.param_count(r.build()), "claim": r.claim,
@@ -404,7 +398,7 @@ def run(cfg, workdir: str) -> dict:
         if name not in results:
             continue
         records = results[name]
-        seed = choose_seed(records)
+        seed = report.best_seed(records)
         desc = (None if seed is None else
                 export_chosen(wd, name, units[name].id, records, seed))
         if desc is None and os.path.exists(wd.file(f"{name}.npz")):

@@ -46,6 +46,12 @@ def stats(records: Sequence[dict], keys: Sequence[str]) -> dict:
     return row
 
 
+def best_seed(records: Sequence[dict], key: str = "val_acc") -> int | None:
+    """The seed of the ok run best on ``key`` (the choosing half), ties to the
+    smaller seed; None when no run is ok. One record per seed."""
+    return choose({int(r["seed"]): [r] for r in records}, key)
+
+
 def choose(options: dict, key: str) -> object | None:
     """The option whose runs have the fewest diverged, then the best mean ``key``.
 

@@ -180,18 +180,19 @@ def add_curves(table: list[dict], records: Sequence[dict], rows: Sequence[dict],
     """Adds to each ``select_and_summarise`` row the mean ``metric`` per epoch
     (``{metric}_curve``, over the ok seeds of its chosen value; ``rows``: the
     unit's metrics rows) and ``best_epoch_mean``: whether a run stopped rising."""
+    def chosen(r, row):
+        return r[group_by] == row[group_by] and r[select_by] == row[select_by]
+
     for row in table:
-        seeds = {r["seed"] for r in records if r[group_by] == row[group_by]
-                 and r[select_by] == row[select_by] and report.is_ok(r)}
+        ok = [r for r in records if chosen(r, row) and report.is_ok(r)]
+        seeds = {r["seed"] for r in ok}
         by_epoch: dict[int, list[float]] = {}
         for m in rows:
-            if (m[group_by] == row[group_by] and m[select_by] == row[select_by]
-                    and m["seed"] in seeds and m.get(metric) is not None):
+            if chosen(m, row) and m["seed"] in seeds and m.get(metric) is not None:
                 by_epoch.setdefault(int(m["epoch"]), []).append(float(m[metric]))
         row[f"{metric}_curve"] = [float(np.mean(by_epoch[e])) for e in sorted(by_epoch)]
-        best = [r["best_epoch"] for r in records if r["seed"] in seeds and r[group_by] ==
-                row[group_by] and r[select_by] == row[select_by] and "best_epoch" in r]
-        row["best_epoch_mean"] = float(np.mean(best)) if best else None
+        row["best_epoch_mean"] = report.mean_sd([r["best_epoch"] for r in ok
+                                                 if "best_epoch" in r])[0]
 
 
 def fmt_pct(mean, sd) -> str:

@@ -155,10 +155,11 @@ def _pad(tree, n: int, pad: int):
     return jax.tree.map(lambda x: x[index], tree)
 
 
-def _unpad(tree, n: int, pad: int, axis: int = 0):
+def _unpad(tree, n: int, pad: int):
+    """``tree`` without the ``pad`` copies ``_pad`` added to its leading axis."""
     if not pad:
         return tree
-    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, n, axis=axis), tree)
+    return jax.tree.map(lambda x: x[:n], tree)
 
 
 def _over_seeds(fn, in_axes, n_seeds: int, form: str):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import check_model
 from experiments import golf_records as gr
-from subspace_jax import data, export, models
+from subspace_jax import data, export, models, report
 from subspace_jax.workdir import Workdir
 
 
@@ -85,9 +85,9 @@ def _record(seed, val, test, status="ok"):
 
 def test_chosen_seed_is_the_best_on_the_choosing_half_never_on_test():
     records = [_record(0, 0.97, 0.99), _record(1, 0.98, 0.96), _record(2, 0.99, 0.999, "diverged")]
-    assert gr.choose_seed(records) == 1          # not 0 (best test), not 2 (diverged)
-    assert gr.choose_seed([_record(3, 0.98, 0.9), _record(1, 0.98, 0.95)]) == 1  # tie: smaller
-    assert gr.choose_seed([_record(0, 0.9, 0.9, "diverged")]) is None
+    assert report.best_seed(records) == 1          # not 0 (best test), not 2 (diverged)
+    assert report.best_seed([_record(3, 0.98, 0.9), _record(1, 0.98, 0.95)]) == 1  # tie: smaller
+    assert report.best_seed([_record(0, 0.9, 0.9, "diverged")]) is None
 
 
 def test_golf_records_end_to_end_resume_and_a_changed_config(tmp_path, capsys):

@@ -151,7 +151,6 @@ LONG = "cpu/subspace_sweep_conv_long"
 LONG_RUN = ("the 2-core Intel Xeon CPU, 2 XLA devices, jax 0.10.2, 2026-12-03, commit "
             "`d97f752` (summary rewritten by resuming at the commit that added it), 1 h 54 min wall "
             "(full space 2 min 35 s), sharing the CPU with tests, a local CI run and another run")
-SUBSPACE_NN = {21840: 0.990, 10000: 0.988, 3000: 0.970, 1000: 0.935}  # 100 epochs, test-selected
 
 
 def subspace_long(root: str) -> list[str]:
@@ -160,6 +159,8 @@ def subspace_long(root: str) -> list[str]:
         return []
     s, cfg = load(root, f"{LONG}/summary.json"), load(root, f"{LONG}/config.json")
     epochs, m = s["epochs"], s["models"]["conv_subspace"]
+    frontier = importlib.import_module("experiments.frontier")  # its published points
+    subspace_nn = {p[0]: p[1] for p in frontier.PUBLISHED if p[3] == frontier.SUBSPACE_NN}
     half = epochs // 2
     rows = []
     for r in m["subspace"] + m["full"]:
@@ -172,7 +173,7 @@ def subspace_long(root: str) -> list[str]:
                      pct(r["val_acc_mean"], r["val_acc_sd"]),
                      pct(r["decide_acc_mean"], r["decide_acc_sd"]),
                      pct(r["test_acc_mean"], r["test_acc_sd"]),
-                     f"{r['best_epoch_mean']:g}", rise, pct(SUBSPACE_NN.get(d), None, 1),
+                     f"{r['best_epoch_mean']:g}", rise, pct(subspace_nn.get(d), None, 1),
                      r["seeds"], r["diverged"]])
     lr0 = ", ".join(f"{v:g}" for v in cfg["subspace_learning_rates"])
     return [
