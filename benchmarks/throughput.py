@@ -12,6 +12,10 @@ Rows (batch 64, Adam lr 1e-3, real MNIST, through ``train.make_run`` and
                    on a CPU mapped per device, ``vectorize.seed_form``)
   golf             the 820-param golf CNN (convs 4,5,4; kernels 4,3,3; PReLU), one trial
   golf 8 trials    8 trials of it (8 learning rates) vmapped, aggregate
+  golf 5 seeds     5 seeds of one trial: padded to 6 and mapped over the cores
+                   (``vectorize.seed_padding``, the default), and vmapped on one
+                   device (``SUBSPACE_JAX_SEED_FORM=vmap``, what a seed count the
+                   cores do not divide ran as before the padding)
   ..., XLA dots    the one-run rows again in a child process with XLA's own
                    matmuls (``SUBSPACE_JAX_CPU_DOTS=xla``), against the default
                    YNNPACK ones
@@ -55,12 +59,14 @@ from subspace_jax import data, models, train, vectorize  # noqa: E402
 BATCH = 64
 CONV, GOLF = "conv_subspace", "golf_prelu"
 XLA_DOTS = ("conv full", "golf 820, one trial")  # re-run with XLA's own dots
-ROWS = (  # name, model, d, seeds, rows of hp, torch reference
-    ("conv full", CONV, 0, 1, 1, "conv full"),
-    ("conv subspace d=1000", CONV, 1000, 1, 1, "conv subspace d=1000"),
-    ("conv 8 seeds, one program", CONV, 0, 8, 1, "conv full"),
-    ("golf 820, one trial", GOLF, 0, 1, 1, "golf 820"),
-    ("golf 820, 8 trials vmapped", GOLF, 0, 1, 8, "golf 820"),
+ROWS = (  # name, model, d, seeds, rows of hp, torch reference, seed form
+    ("conv full", CONV, 0, 1, 1, "conv full", "auto"),
+    ("conv subspace d=1000", CONV, 1000, 1, 1, "conv subspace d=1000", "auto"),
+    ("conv 8 seeds, one program", CONV, 0, 8, 1, "conv full", "auto"),
+    ("golf 820, one trial", GOLF, 0, 1, 1, "golf 820", "auto"),
+    ("golf 820, 8 trials vmapped", GOLF, 0, 1, 8, "golf 820", "auto"),
+    ("golf 820, 5 seeds, padded to 6", GOLF, 0, 5, 1, "golf 820", "auto"),
+    ("golf 820, 5 seeds, vmapped on one device", GOLF, 0, 5, 1, "golf 820", "vmap"),
 )
 
 
@@ -109,7 +115,7 @@ def flops_per_image(model_name: str, d: int) -> float:
 
 
 def jax_images_per_s(model_name: str, steps: int, d: int, seeds: int, rows: int,
-                     repeats: int = 2) -> float:
+                     form: str = "auto", repeats: int = 2) -> float:
     n_train = steps * BATCH
     ds = data.load(train_size=n_train, val_size=500)
     dat = train.Data.from_dataset(ds)
@@ -122,9 +128,17 @@ def jax_images_per_s(model_name: str, steps: int, d: int, seeds: int, rows: int,
               for k, v in train.default_hp(tcfg, d).items()}
         hp["learning_rate"] = np.float32(1e-3 * (1 + 0.1 * np.arange(rows)))  # distinct trials
         keys = vectorize.run_keys(range(seeds))
-        jax.block_until_ready(vectorize.vmapped(run, keys, hp, dat))  # compile
-        times[epochs] = min(_timed(lambda: jax.block_until_ready(
-            vectorize.vmapped(run, keys, hp, dat))) for _ in range(repeats))
+        saved = os.environ.get(vectorize.SEED_FORM_ENV)
+        os.environ[vectorize.SEED_FORM_ENV] = form  # read per call; part of the compile cache key
+        try:
+            jax.block_until_ready(vectorize.vmapped(run, keys, hp, dat))  # compile
+            times[epochs] = min(_timed(lambda: jax.block_until_ready(
+                vectorize.vmapped(run, keys, hp, dat))) for _ in range(repeats))
+        finally:
+            if saved is None:
+                os.environ.pop(vectorize.SEED_FORM_ENV)
+            else:
+                os.environ[vectorize.SEED_FORM_ENV] = saved
     per_epoch = (times[3] - times[1]) / 2
     return seeds * rows * n_train / per_epoch
 
@@ -244,10 +258,10 @@ def main():
     print(f"{cpu_model()}: {jax.device_count()} XLA devices, matmul peak {peak:.0f} GFLOP/s",
           flush=True)
     rows, one_run = {}, {}
-    for name, model, d, seeds, n_rows, _ in ROWS:
+    for name, model, d, seeds, n_rows, _, form in ROWS:
         if only and name not in only:
             continue
-        ips = jax_images_per_s(model, args.steps, d, seeds, n_rows)
+        ips = jax_images_per_s(model, args.steps, d, seeds, n_rows, form)
         flops = flops_per_image(model, d)
         if seeds * n_rows == 1:
             one_run[(model, d)] = ips
