@@ -479,6 +479,87 @@ def beyond_random(root: str) -> list[str]:
     return out
 
 
+SQRT_SHUFFLED = "cpu/intrinsic_dimension_shuffled_conv_sqrt"   # the sqrt rule, current protocol
+FIXED_SHUFFLED = "gpu_h100/intrinsic_dimension_shuffled_conv"  # fixed lr 0.05, previous protocol
+SQRT_SHUFFLED_COMMAND = (
+    "python launch.py --experiment=intrinsic_dimension --workdir=runs/idim_shuffled_conv_sqrt \\\n"
+    "    --config.models='(\"conv_subspace\",)' --config.data.permute_pixels=True \\\n"
+    "    --config.grid='(400,1600,3200,6400)' --config.bisection_rounds=0 "
+    "--config.seeds='(0,1)' \\\n"
+    "    --config.subspace_lr_rule=sqrt --config.subspace_lr_factors='(0.25,0.5,1.0)'")
+
+
+def lr_rule_section(root: str) -> list[str]:
+    """Shuffled-pixel conv: the sqrt learning-rate rule against the fixed rate."""
+    if not exists(root, f"{SQRT_SHUFFLED}/summary.json"):
+        return []
+    s = load(root, f"{SQRT_SHUFFLED}/summary.json")
+    m = s["models"]["conv_subspace"]
+    lr = s["settings"]["subspace_lr"]
+    fixed = load(root, f"{FIXED_SHUFFLED}/summary.json")["models"]["conv_subspace"]
+    old = {r["d"]: r for r in fixed["curve"]}
+    rows = []
+    for r in m["curve"]:
+        o = old.get(r["d"])
+        base = lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5)
+        rows.append([f"{r['d']:,}", "-" if o is None else pct(o["val_acc_mean"], o["val_acc_sd"]),
+                     "-" if o is None else pct(o["test_acc_mean"], o["test_acc_sd"]),
+                     f"{r['learning_rate']:.4g} (x{r['learning_rate'] / base:.2g})",
+                     pct(r["val_acc_mean"], r["val_acc_sd"]),
+                     pct(r["decide_acc_mean"], r["decide_acc_sd"]),
+                     pct(r["test_acc_mean"], r["test_acc_sd"]), r["seeds"], r["diverged"]])
+    full = m["full"]
+    rows.append(["full", pct(fixed["full"]["val_acc_mean"], fixed["full"]["val_acc_sd"]),
+                 pct(fixed["full"]["test_acc_mean"], fixed["full"]["test_acc_sd"]),
+                 "0.001 (Adam)", pct(full["val_acc_mean"], full["val_acc_sd"]),
+        pct(full["decide_acc_mean"], full["decide_acc_sd"]),
+        pct(full["test_acc_mean"], full["test_acc_sd"]), full["seeds"], full["diverged"]])
+    ds = [r["d"] for r in m["curve"]]
+    test_new = [r["test_acc_mean"] for r in m["curve"]]
+    test_old = [old[d]["test_acc_mean"] for d in ds if d in old]
+    peak_old = max((d for d in ds if d in old), key=lambda d: old[d]["test_acc_mean"])
+    rising = all(b >= a for a, b in zip(test_new, test_new[1:]))
+    est = m["d_int90"]
+    low = min(lr["factors"])
+    at_edge = [f"{r['d']:,}" for r in m["curve"] if abs(
+        r["learning_rate"] / (lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5)) - low) < 1e-3 * low]
+    edge = ("" if not at_edge else
+            f" The smallest factor ({low:g}) was chosen at d = {', '.join(at_edge)}: the edge of "
+            "the factor grid, so a smaller rate may do better still there; where a larger "
+            "factor won at a smaller d, the best rate falls faster with d than sqrt(1 / d) "
+            "(the conv net's long run on the subspace_sweep page chose its smallest lr0 at "
+            "every d too).")
+    return [
+        "## The subspace learning rate: a rule that scales with d (current protocol, CPU)", "",
+        "With one learning rate (0.05) at every d, the shuffled-pixel conv net's accuracy "
+        "falls at large d (H100 run above, previous protocol). The `sqrt` rule "
+        f"(`subspace.learning_rate`) uses lr0 min(1, sqrt({lr['d0']:,} / d)) with lr0 = "
+        f"{lr['lr0']:g} times a factor in {{{', '.join(f'{f:g}' for f in lr['factors'])}}}, the "
+        "factor chosen per d on the choosing validation half (mean over seeds); the deciding "
+        "half and test chose nothing. conv_subspace on shuffled pixels (the same fixed "
+        f"permutation), dense P, {len(s['settings']['seeds'])} seeds, "
+        f"{s['settings']['epochs']} epochs, no bisection. Machine: "
+        f"{SQRT_SHUFFLED_MACHINE}. Data: `docs/results/{SQRT_SHUFFLED}/summary.json` and "
+        f"`docs/results/{FIXED_SHUFFLED}/summary.json` (3 seeds, its validation both chose and "
+        "decided; compare the test columns, which chose nothing in either run).", "",
+        "```bash", SQRT_SHUFFLED_COMMAND, "```", "",
+        *table(["d", "fixed 0.05: val acc % (H100)", "fixed 0.05: test acc %",
+                "sqrt: lr chosen (x factor)", "sqrt: val acc % (chooses)",
+                "sqrt: decide acc %", "sqrt: test acc %", "seeds", "diverged"], rows,
+               "rrrrrrrrr"), "",
+        f"Test accuracy with the fixed rate peaks at d = {peak_old:,} and falls to "
+        f"{pct(test_old[-1])}% at d = {ds[-1]:,}; under the sqrt rule it "
+        + ("rises over the whole grid" if rising else "does not rise monotonically")
+        + f", to {pct(test_new[-1])}% at d = {ds[-1]:,}. d_int90 under the rule (decided on "
+        f"the deciding half): global {d_text(est.get('global'))}, individual "
+        f"{d_text(est.get('individual'))} (one grid, no bisection: read the crossing in "
+        f"`summary.json`, {num(est['global']['d_interp'])} global).{edge}", ""]
+
+
+SQRT_SHUFFLED_MACHINE = ("the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit "
+                         "`221d3e5`, 36 min 25 s wall (full space 1 min 49 s), alone on the CPU")
+
+
 def intrinsic_dimension(root: str) -> str:
     by_kind = {k: load(root, f"gpu_h100/intrinsic_dimension{'' if k == 'dense' else '_' + k}"
                              "/summary.json") for k in KINDS}
@@ -557,6 +638,7 @@ python tools/plot_intrinsic.py runs/intrinsic_dimension runs/intrinsic_dimension
              *rerun_section(cpu, by_kind, cpu_cfg)]
     body += pngs_of(root, CPU_RERUN) if cpu is not None else []
     body += beyond_random(root)
+    body += lr_rule_section(root)
     for rel, title, rule, machine, s, cfg in superseded:
         body += rerun_section(s, by_kind, cfg, rel, title, rule, machine, easy_halves=True)
         body += pngs_of(root, rel)
@@ -719,6 +801,50 @@ def memorization_curve(root: str) -> list[str]:
     return out
 
 
+MEMO_LR = (  # share 1.0 of the curve again, under other learning rates (issue 15, item 3)
+    (f"{MEMO_CURVE}/labels_1.0", "fixed 0.002 (the curve above)"),
+    ("cpu/memorization_lr_fixed0.05/labels_1.0", "fixed 0.05 (the experiment's default)"),
+    ("cpu/memorization_lr_sqrt/labels_1.0", "sqrt rule, lr0 0.05: 0.05 min(1, sqrt(1,000 / d))"),
+)
+MEMO_LR_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=runs/memcurve_sqrt/labels_1.0 \\
+    --config.models='("fc_200_200",)' --config.data.random_label_fraction=1.0 \\
+    --config.measure_on=train --config.data.train_size=1000 --config.data.val_size=1000 \\
+    --config.grid='(62,250,1000,4000,16000)' --config.projection=fastfood \\
+    --config.subspace_lr_rule=sqrt --config.subspace_learning_rate=0.05 --config.train.epochs=100 \\
+    --config.bisection_rounds=1 --config.bisection_points=2
+# fixed 0.05: the same without --config.subspace_lr_rule=sqrt (workdir runs/memcurve_fixed005/labels_1.0)"""
+
+
+def memorization_lr(root: str) -> list[str]:
+    """All-random labels under three learning-rate choices, the same grid and seeds."""
+    runs = [(rel, what, load(root, f"{rel}/summary.json")["models"]["fc_200_200"])
+            for rel, what in MEMO_LR if exists(root, f"{rel}/summary.json")]
+    if len(runs) < 2:
+        return []
+    grid = sorted({r["d"] for _, _, m in runs for r in m["curve"] if r["phase"] == "grid"})
+    rows = []
+    for rel, what, m in runs:
+        at = {r["d"]: r for r in m["curve"]}
+        est = m["d_int90"]["global"]
+        rows.append([what, d_text(est), num(est["d_interp"]) if est["d_interp"] else "-",
+                     *(pct(at[d]["train_acc_mean"], at[d]["train_acc_sd"], 1) if d in at
+                       else "-" for d in grid), est["diverged_runs"], f"`{rel}`"])
+    return ["### The learning rate, at share 1.0", "",
+            "The same all-random-label runs (1,000 images, 100 epochs, 3 seeds, fastfood, one "
+            "bisection round) under three subspace learning rates: the curve's fixed 0.002, the "
+            "experiment's default fixed 0.05 (which fit nothing on the H100's 5,000 images), "
+            "and the `sqrt` rule. Training accuracy on the random labels decides (the last "
+            "epoch; no rate is chosen on these runs, each row is its own rule). Machine: "
+            f"{MEMO_LR_MACHINE}.", "",
+            "```bash", MEMO_LR_COMMAND, "```", "",
+            *table(["learning rate", "d_int90 [90% CI]", "crossing",
+                    *(f"train acc % at d = {d:,}" for d in grid), "diverged", "dir"], rows,
+                   "l" + "r" * (3 + len(grid)) + "l"), ""]
+
+
+MEMO_LR_MACHINE = "pending"
+
+
 def memorization(root: str) -> str:
     s = load(root, "memorization_summary.json")
     teachers = [[label, pct(rows[0]["train_acc_mean"], rows[0]["train_acc_sd"]),
@@ -734,7 +860,7 @@ def memorization(root: str) -> str:
             figure("memorization_training_curves.png", "training curves"),
             figure("memorization_distillation_noise.png", "distillation noise"), "",
             "The conclusion the experiment computed from these numbers (`conclusion`):", "",
-            f"> {s['conclusion']}", "", *memorization_curve(root)]
+            f"> {s['conclusion']}", "", *memorization_curve(root), *memorization_lr(root)]
     return page("memorization: compressing networks trained on real vs random labels",
                 "memorization", "python launch.py --experiment=memorization", body)
 
