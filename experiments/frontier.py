@@ -92,6 +92,9 @@ EXCLUDED = {
     "gpu_h100/intrinsic_dimension_random_labels_100ep": "random labels: fits noise, not MNIST",
     "gpu_h100/idim_random_labels_lr0.01": "random labels: fits noise, not MNIST",
     "gpu_h100/idim_random_labels_lr0.002": "random labels: fits noise, not MNIST",
+    "cpu/intrinsic_dimension_shuffled_conv_sqrt": "shuffled pixels: not MNIST as given",
+    "cpu/memorization_curve{,_sqrt}/labels_*, cpu/memorization_lr_fixed0.05/labels_1.0":
+        "partly random labels, decided on training accuracy",
     "cpu/intrinsic_dimension_fc_sparse_parity": "superseded re-run (easier deciding half)",
     "cpu/intrinsic_dimension_fc_sparse": "superseded re-run (easier deciding half)",
     "memorization_summary.json: students of random-label teachers":

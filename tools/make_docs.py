@@ -748,6 +748,7 @@ def pruning_compare(root: str) -> str:
 
 # ---------------------------------------------------------------- memorization
 MEMO_CURVE = "cpu/memorization_curve"        # labels_<fraction>/: intrinsic_dimension runs
+MEMO_CURVE_SQRT = "cpu/memorization_curve_sqrt"  # the same under the sqrt lr rule
 MEMO_FRACTIONS = ("0.0", "0.25", "0.5", "0.75", "1.0")
 MEMO_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=runs/memcurve/labels_F \\
     --config.models='("fc_200_200",)' --config.data.random_label_fraction=F \\
@@ -755,17 +756,29 @@ MEMO_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=ru
     --config.grid='(62,250,1000,4000,16000)' --config.projection=fastfood \\
     --config.subspace_learning_rate=0.002 --config.train.epochs=100 \\
     --config.bisection_rounds=1 --config.bisection_points=2      # F = 0.0 0.25 0.5 0.75 1.0"""
+MEMO_SQRT_COMMAND = (MEMO_COMMAND.replace("runs/memcurve/", "runs/memcurve_sqrt/")
+                     .replace("--config.subspace_learning_rate=0.002",
+                              "--config.subspace_lr_rule=sqrt --config.subspace_learning_rate=0.05"))
+MEMO_CURVES = (  # (dir, its learning rate in words, command, machine)
+    (MEMO_CURVE, "subspace learning rate 0.002 at every d and share (the rate with which random "
+                 "labels fit on the H100 runs)", MEMO_COMMAND,
+     "the 2-core Intel Xeon CPU, jax 0.10.2, 2026-12-03, about 10 min per share, shared with "
+     "other jobs"),
+    (MEMO_CURVE_SQRT, "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d)) (no "
+                      "factor search: with training accuracy deciding, nothing may choose)",
+     MEMO_SQRT_COMMAND,
+     "the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit `fc5cf6c`, about "
+     "4 min per share, alone on the CPU"),
+)
 
 
-def memorization_curve(root: str) -> list[str]:
-    """d_int90 on training accuracy against the share of random labels."""
+def _memo_rows(root: str, rel: str):
     rows, missing = [], []
     for f in MEMO_FRACTIONS:
-        rel = f"{MEMO_CURVE}/labels_{f}/summary.json"
-        if not exists(root, rel):
+        if not exists(root, f"{rel}/labels_{f}/summary.json"):
             missing.append(f)
             continue
-        m = load(root, rel)["models"]["fc_200_200"]
+        m = load(root, f"{rel}/labels_{f}/summary.json")["models"]["fc_200_200"]
         est = m["d_int90"]["global"]
         at = next((r for r in m["curve"] if r["d"] == est["d"]), None)
         rows.append([f, d_text(est), num(est["d_interp"]) if est["d_interp"] else "-",
@@ -773,46 +786,48 @@ def memorization_curve(root: str) -> list[str]:
                      "-" if at is None else pct(at["train_acc_mean"], at["train_acc_sd"]),
                      "-" if at is None else pct(at["test_acc_mean"], at["test_acc_sd"]),
                      est["seeds"], est["diverged_runs"]])
-    if not rows:
-        return []
-    out = ["## The memorisation curve: d_int90 as labels turn random", "",
-           "fc_200_200 (199,210 params) on 1,000 training images, a share of whose labels is "
-           "replaced by random ones; d_int90 = the smallest measured d whose mean training "
-           "accuracy (on those labels, the last of 100 epochs: nothing is chosen, so the protocol note above does not apply) reaches 90%, with the "
-           "interpolated crossing and its 90% bootstrap interval; 3 seeds. Fastfood "
-           "projection, subspace learning rate 0.002 at every d and share (the rate with which "
-           "random labels fit on the H100 runs). Test accuracy (true labels) at d_int90 is "
-           "reported, never used. Machine: the 2-core Intel Xeon CPU, jax 0.10.2, 2026-12-03, "
-           "about 10 min per share, shared with other jobs. "
-           f"Data: `docs/results/{MEMO_CURVE}/labels_<share>/summary.json`.", "",
-           "```bash", MEMO_COMMAND, "```", "",
-           *table(["random share", "d_int90 [90% CI]", "crossing", "full-space train acc %",
-                   "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
-                  rows, "lrrrrrrr"), ""]
-    crossings = ", ".join(f"{r[2]} at share {r[0]}" for r in rows)
-    out += [f"The interpolated crossing: {crossings}. The search is coarse (one bisection "
-            "round of two points per share), so the smallest measured d is a loose upper "
-            "estimate; the crossing and its interval are the numbers to read. These runs use "
-            "1,000 images, not the 5,000 of the H100 random-label run (d_int90 17,830 at "
-            "share 1.0, `gpu_h100/idim_random_labels_lr0.002`).", ""]
-    if missing:
-        out += [f"Not measured (the run did not finish this session): shares "
-                f"{', '.join(missing)}.", ""]
+    return rows, missing
+
+
+def memorization_curve(root: str) -> list[str]:
+    """d_int90 on training accuracy against the share of random labels, per lr rule."""
+    out = []
+    for rel, lr_text, command, machine in MEMO_CURVES:
+        rows, missing = _memo_rows(root, rel)
+        if not rows:
+            continue
+        out += ["## The memorisation curve: d_int90 as labels turn random" if not out else
+                "### The same curve under the sqrt learning-rate rule", "",
+                "fc_200_200 (199,210 params) on 1,000 training images, a share of whose labels "
+                "is replaced by random ones; d_int90 = the smallest measured d whose mean "
+                "training accuracy (on those labels, the last of 100 epochs: nothing is "
+                "chosen, so the protocol note above does not apply) reaches 90%, with the "
+                "interpolated crossing and its 90% bootstrap interval; 3 seeds. Fastfood "
+                f"projection, {lr_text}. Test accuracy (true labels) at d_int90 is reported, "
+                f"never used. Machine: {machine}. "
+                f"Data: `docs/results/{rel}/labels_<share>/summary.json`.", "",
+                "```bash", command, "```", "",
+                *table(["random share", "d_int90 [90% CI]", "crossing", "full-space train acc %",
+                        "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
+                       rows, "lrrrrrrr"), ""]
+        crossings = ", ".join(f"{r[2]} at share {r[0]}" for r in rows)
+        out += [f"The interpolated crossing: {crossings}. The search is coarse (one bisection "
+                "round of two points per share), so the smallest measured d is a loose upper "
+                "estimate; the crossing and its interval are the numbers to read.", ""]
+        if missing:
+            out += [f"Not measured (the run did not finish this session): shares "
+                    f"{', '.join(missing)}.", ""]
+    if out:
+        out += ["These runs use 1,000 images, not the 5,000 of the H100 random-label run "
+                "(d_int90 17,830 at share 1.0, `gpu_h100/idim_random_labels_lr0.002`).", ""]
     return out
 
 
-MEMO_LR = (  # share 1.0 of the curve again, under other learning rates (issue 15, item 3)
-    (f"{MEMO_CURVE}/labels_1.0", "fixed 0.002 (the curve above)"),
+MEMO_LR = (  # share 1.0 of the curve, under three learning-rate choices (issue 15, item 3)
+    (f"{MEMO_CURVE}/labels_1.0", "fixed 0.002 (the first curve)"),
     ("cpu/memorization_lr_fixed0.05/labels_1.0", "fixed 0.05 (the experiment's default)"),
-    ("cpu/memorization_lr_sqrt/labels_1.0", "sqrt rule, lr0 0.05: 0.05 min(1, sqrt(1,000 / d))"),
+    (f"{MEMO_CURVE_SQRT}/labels_1.0", "sqrt rule, 0.05 min(1, sqrt(1,000 / d))"),
 )
-MEMO_LR_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=runs/memcurve_sqrt/labels_1.0 \\
-    --config.models='("fc_200_200",)' --config.data.random_label_fraction=1.0 \\
-    --config.measure_on=train --config.data.train_size=1000 --config.data.val_size=1000 \\
-    --config.grid='(62,250,1000,4000,16000)' --config.projection=fastfood \\
-    --config.subspace_lr_rule=sqrt --config.subspace_learning_rate=0.05 --config.train.epochs=100 \\
-    --config.bisection_rounds=1 --config.bisection_points=2
-# fixed 0.05: the same without --config.subspace_lr_rule=sqrt (workdir runs/memcurve_fixed005/labels_1.0)"""
 
 
 def memorization_lr(root: str) -> list[str]:
@@ -830,19 +845,15 @@ def memorization_lr(root: str) -> list[str]:
                      *(pct(at[d]["train_acc_mean"], at[d]["train_acc_sd"], 1) if d in at
                        else "-" for d in grid), est["diverged_runs"], f"`{rel}`"])
     return ["### The learning rate, at share 1.0", "",
-            "The same all-random-label runs (1,000 images, 100 epochs, 3 seeds, fastfood, one "
-            "bisection round) under three subspace learning rates: the curve's fixed 0.002, the "
-            "experiment's default fixed 0.05 (which fit nothing on the H100's 5,000 images), "
-            "and the `sqrt` rule. Training accuracy on the random labels decides (the last "
-            "epoch; no rate is chosen on these runs, each row is its own rule). Machine: "
-            f"{MEMO_LR_MACHINE}.", "",
-            "```bash", MEMO_LR_COMMAND, "```", "",
+            "The all-random-label runs (1,000 images, 100 epochs, 3 seeds, fastfood, one "
+            "bisection round) under each learning-rate choice: the first curve's fixed 0.002, "
+            "the experiment's default fixed 0.05 (which fit nothing on the H100's 5,000 "
+            "images) and the `sqrt` rule; fixed 0.05 is the sqrt command without "
+            "`--config.subspace_lr_rule=sqrt`. Training accuracy on the random labels decides "
+            "(the last epoch); no rate was chosen on these runs, each row is its own rule.", "",
             *table(["learning rate", "d_int90 [90% CI]", "crossing",
                     *(f"train acc % at d = {d:,}" for d in grid), "diverged", "dir"], rows,
                    "l" + "r" * (3 + len(grid)) + "l"), ""]
-
-
-MEMO_LR_MACHINE = "pending"
 
 
 def memorization(root: str) -> str:
@@ -971,7 +982,8 @@ def golf_pruned(root: str) -> dict:
     return {"rows": rows, "nonzero": mean_sd(nz), "val": mean_sd(val), "test": mean_sd(test)}
 
 
-GOLF_RECORDS = ("golf/records", "golf/records_697", "golf/records_1936")  # experiments/golf_records.py runs
+GOLF_RECORDS = ("golf/records", "golf/records_697", "golf/records_1936",
+                "golf/records_997")  # experiments/golf_records.py runs
 
 
 def golf_records_section(root: str) -> list[str]:
@@ -981,7 +993,6 @@ def golf_records_section(root: str) -> list[str]:
             if exists(root, f"{rel}/summary.json")]
     if not runs:
         return []
-    import importlib
     experiment = importlib.import_module("experiments.golf_records")  # its own text
     merged = {"recipes": {}, "failed_units": [], "prune_command": runs[0][1]["prune_command"]}
     for _, s in runs:
