@@ -853,7 +853,13 @@ def memorization_lr(root: str) -> list[str]:
             "(the last epoch); no rate was chosen on these runs, each row is its own rule.", "",
             *table(["learning rate", "d_int90 [90% CI]", "crossing",
                     *(f"train acc % at d = {d:,}" for d in grid), "diverged", "dir"], rows,
-                   "l" + "r" * (3 + len(grid)) + "l"), ""]
+                   "l" + "r" * (3 + len(grid)) + "l"), "",
+            "The crossing by rate: " + "; ".join(f"{r[0]}: {r[2]}" for r in rows)
+            + f". Training accuracy at d = {grid[-1]:,}: "
+            + "; ".join(f"{r[0].split(' (')[0].split(',')[0]}: {r[2 + len(grid)]}%" for r in rows)
+            + ". A rate that is right at small d can be too large at large d, and one small "
+              "enough for large d fits slowly at small d: the crossing measures the rate as "
+              "much as the labels.", ""]
 
 
 def memorization(root: str) -> str:
