@@ -791,11 +791,16 @@ def _memo_rows(root: str, rel: str):
 
 def memorization_curve(root: str) -> list[str]:
     """d_int90 on training accuracy against the share of random labels, per lr rule."""
-    out = []
+    out, ends = [], []
     for rel, lr_text, command, machine in MEMO_CURVES:
         rows, missing = _memo_rows(root, rel)
         if not rows:
             continue
+        cross = {r[0]: r[2] for r in rows}
+        if "0.0" in cross and "1.0" in cross and "-" not in (cross["0.0"], cross["1.0"]):
+            lo, hi = (float(cross[k].replace(",", "")) for k in ("0.0", "1.0"))
+            ends.append(f"{hi / lo:.1f}x ({cross['0.0']} to {cross['1.0']}) with "
+                        f"{lr_text.split(' (')[0]}")
         out += ["## The memorisation curve: d_int90 as labels turn random" if not out else
                 "### The same curve under the sqrt learning-rate rule", "",
                 "fc_200_200 (199,210 params) on 1,000 training images, a share of whose labels "
@@ -817,6 +822,9 @@ def memorization_curve(root: str) -> list[str]:
         if missing:
             out += [f"Not measured (the run did not finish this session): shares "
                     f"{', '.join(missing)}.", ""]
+    if len(ends) > 1:
+        out += ["All-random labels against real ones, the crossing grows "
+                + "; ".join(ends) + ".", ""]
     if out:
         out += ["These runs use 1,000 images, not the 5,000 of the H100 random-label run "
                 "(d_int90 17,830 at share 1.0, `gpu_h100/idim_random_labels_lr0.002`).", ""]
