@@ -498,13 +498,15 @@ def lr_rule_section(root: str) -> list[str]:
     lr = s["settings"]["subspace_lr"]
     fixed = load(root, f"{FIXED_SHUFFLED}/summary.json")["models"]["conv_subspace"]
     old = {r["d"]: r for r in fixed["curve"]}
+    # the chosen factor: the chosen lr over the rule's (lr0 min(1, sqrt(d0 / d)))
+    factor = {r["d"]: r["learning_rate"] / (lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5))
+              for r in m["curve"]}
     rows = []
     for r in m["curve"]:
         o = old.get(r["d"])
-        base = lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5)
         rows.append([f"{r['d']:,}", "-" if o is None else pct(o["val_acc_mean"], o["val_acc_sd"]),
                      "-" if o is None else pct(o["test_acc_mean"], o["test_acc_sd"]),
-                     f"{r['learning_rate']:.4g} (x{r['learning_rate'] / base:.2g})",
+                     f"{r['learning_rate']:.4g} (x{factor[r['d']]:.2g})",
                      pct(r["val_acc_mean"], r["val_acc_sd"]),
                      pct(r["decide_acc_mean"], r["decide_acc_sd"]),
                      pct(r["test_acc_mean"], r["test_acc_sd"]), r["seeds"], r["diverged"]])
@@ -512,8 +514,8 @@ def lr_rule_section(root: str) -> list[str]:
     rows.append(["full", pct(fixed["full"]["val_acc_mean"], fixed["full"]["val_acc_sd"]),
                  pct(fixed["full"]["test_acc_mean"], fixed["full"]["test_acc_sd"]),
                  "0.001 (Adam)", pct(full["val_acc_mean"], full["val_acc_sd"]),
-        pct(full["decide_acc_mean"], full["decide_acc_sd"]),
-        pct(full["test_acc_mean"], full["test_acc_sd"]), full["seeds"], full["diverged"]])
+                 pct(full["decide_acc_mean"], full["decide_acc_sd"]),
+                 pct(full["test_acc_mean"], full["test_acc_sd"]), full["seeds"], full["diverged"]])
     ds = [r["d"] for r in m["curve"]]
     test_new = [r["test_acc_mean"] for r in m["curve"]]
     test_old = [old[d]["test_acc_mean"] for d in ds if d in old]
@@ -521,8 +523,7 @@ def lr_rule_section(root: str) -> list[str]:
     rising = all(b >= a for a, b in zip(test_new, test_new[1:]))
     est = m["d_int90"]
     low = min(lr["factors"])
-    at_edge = [f"{r['d']:,}" for r in m["curve"] if abs(
-        r["learning_rate"] / (lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5)) - low) < 1e-3 * low]
+    at_edge = [f"{d:,}" for d, f in factor.items() if abs(f - low) < 1e-3 * low]
     edge = ("" if not at_edge else
             f" The smallest factor ({low:g}) was chosen at d = {', '.join(at_edge)}: the edge of "
             "the factor grid, so a smaller rate may do better still there; where a larger "
@@ -759,12 +760,13 @@ MEMO_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=ru
 MEMO_SQRT_COMMAND = (MEMO_COMMAND.replace("runs/memcurve/", "runs/memcurve_sqrt/")
                      .replace("--config.subspace_learning_rate=0.002",
                               "--config.subspace_lr_rule=sqrt --config.subspace_learning_rate=0.05"))
-MEMO_CURVES = (  # (dir, its learning rate in words, command, machine)
-    (MEMO_CURVE, "subspace learning rate 0.002 at every d and share (the rate with which random "
+MEMO_CURVES = (  # (dir, short name, its learning rate in words, command, machine)
+    (MEMO_CURVE, "subspace learning rate 0.002 at every d and share", "subspace learning rate 0.002 at every d and share (the rate with which random "
                  "labels fit on the H100 runs)", MEMO_COMMAND,
      "the 2-core Intel Xeon CPU, jax 0.10.2, 2026-12-03, about 10 min per share, shared with "
      "other jobs"),
-    (MEMO_CURVE_SQRT, "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d)) (no "
+    (MEMO_CURVE_SQRT, "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d))",
+     "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d)) (no "
                       "factor search: with training accuracy deciding, nothing may choose)",
      MEMO_SQRT_COMMAND,
      "the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit `fc5cf6c`, about "
@@ -773,7 +775,8 @@ MEMO_CURVES = (  # (dir, its learning rate in words, command, machine)
 
 
 def _memo_rows(root: str, rel: str):
-    rows, missing = [], []
+    """The curve's table rows, the shares not measured, and ``{share: crossing}``."""
+    rows, missing, crossings = [], [], {}
     for f in MEMO_FRACTIONS:
         if not exists(root, f"{rel}/labels_{f}/summary.json"):
             missing.append(f)
@@ -781,26 +784,25 @@ def _memo_rows(root: str, rel: str):
         m = load(root, f"{rel}/labels_{f}/summary.json")["models"]["fc_200_200"]
         est = m["d_int90"]["global"]
         at = next((r for r in m["curve"] if r["d"] == est["d"]), None)
+        crossings[f] = est["d_interp"]
         rows.append([f, d_text(est), num(est["d_interp"]) if est["d_interp"] else "-",
                      pct(m["full"]["train_acc_mean"], m["full"]["train_acc_sd"]),
                      "-" if at is None else pct(at["train_acc_mean"], at["train_acc_sd"]),
                      "-" if at is None else pct(at["test_acc_mean"], at["test_acc_sd"]),
                      est["seeds"], est["diverged_runs"]])
-    return rows, missing
+    return rows, missing, crossings
 
 
 def memorization_curve(root: str) -> list[str]:
     """d_int90 on training accuracy against the share of random labels, per lr rule."""
     out, ends = [], []
-    for rel, lr_text, command, machine in MEMO_CURVES:
-        rows, missing = _memo_rows(root, rel)
+    for rel, short, lr_text, command, machine in MEMO_CURVES:
+        rows, missing, cross = _memo_rows(root, rel)
         if not rows:
             continue
-        cross = {r[0]: r[2] for r in rows}
-        if "0.0" in cross and "1.0" in cross and "-" not in (cross["0.0"], cross["1.0"]):
-            lo, hi = (float(cross[k].replace(",", "")) for k in ("0.0", "1.0"))
-            ends.append(f"{hi / lo:.1f}x ({cross['0.0']} to {cross['1.0']}) with "
-                        f"{lr_text.split(' (')[0]}")
+        lo, hi = cross.get("0.0"), cross.get("1.0")
+        if lo and hi:
+            ends.append(f"{hi / lo:.1f}x ({num(lo)} to {num(hi)}) with {short}")
         out += ["## The memorisation curve: d_int90 as labels turn random" if not out else
                 "### The same curve under the sqrt learning-rate rule", "",
                 "fc_200_200 (199,210 params) on 1,000 training images, a share of whose labels "
@@ -832,26 +834,27 @@ def memorization_curve(root: str) -> list[str]:
 
 
 MEMO_LR = (  # share 1.0 of the curve, under three learning-rate choices (issue 15, item 3)
-    (f"{MEMO_CURVE}/labels_1.0", "fixed 0.002 (the first curve)"),
-    ("cpu/memorization_lr_fixed0.05/labels_1.0", "fixed 0.05 (the experiment's default)"),
-    (f"{MEMO_CURVE_SQRT}/labels_1.0", "sqrt rule, 0.05 min(1, sqrt(1,000 / d))"),
-)
+    (f"{MEMO_CURVE}/labels_1.0", "fixed 0.002", " (the first curve)"),
+    ("cpu/memorization_lr_fixed0.05/labels_1.0", "fixed 0.05", " (the experiment's default)"),
+    (f"{MEMO_CURVE_SQRT}/labels_1.0", "sqrt rule", ", 0.05 min(1, sqrt(1,000 / d))"),
+)  # (dir, short name, the rest of its name)
 
 
 def memorization_lr(root: str) -> list[str]:
     """All-random labels under three learning-rate choices, the same grid and seeds."""
-    runs = [(rel, what, load(root, f"{rel}/summary.json")["models"]["fc_200_200"])
-            for rel, what in MEMO_LR if exists(root, f"{rel}/summary.json")]
+    runs = [(rel, short, short + rest, load(root, f"{rel}/summary.json")["models"]["fc_200_200"])
+            for rel, short, rest in MEMO_LR if exists(root, f"{rel}/summary.json")]
     if len(runs) < 2:
         return []
-    grid = sorted({r["d"] for _, _, m in runs for r in m["curve"] if r["phase"] == "grid"})
-    rows = []
-    for rel, what, m in runs:
+    grid = sorted({r["d"] for *_, m in runs for r in m["curve"] if r["phase"] == "grid"})
+    rows, at_largest = [], []
+    for rel, short, what, m in runs:
         at = {r["d"]: r for r in m["curve"]}
         est = m["d_int90"]["global"]
         rows.append([what, d_text(est), num(est["d_interp"]) if est["d_interp"] else "-",
                      *(pct(at[d]["train_acc_mean"], at[d]["train_acc_sd"], 1) if d in at
                        else "-" for d in grid), est["diverged_runs"], f"`{rel}`"])
+        at_largest.append(f"{short}: {rows[-1][2 + len(grid)]}%")
     return ["### The learning rate, at share 1.0", "",
             "The all-random-label runs (1,000 images, 100 epochs, 3 seeds, fastfood, one "
             "bisection round) under each learning-rate choice: the first curve's fixed 0.002, "
@@ -864,7 +867,7 @@ def memorization_lr(root: str) -> list[str]:
                    "l" + "r" * (3 + len(grid)) + "l"), "",
             "The crossing by rate: " + "; ".join(f"{r[0]}: {r[2]}" for r in rows)
             + f". Training accuracy at d = {grid[-1]:,}: "
-            + "; ".join(f"{r[0].split(' (')[0].split(',')[0]}: {r[2 + len(grid)]}%" for r in rows)
+            + "; ".join(at_largest)
             + ". A rate that is right at small d can be too large at large d, and one small "
               "enough for large d fits slowly at small d: the crossing measures the rate as "
               "much as the labels.", ""]
