@@ -498,9 +498,9 @@ def lr_rule_section(root: str) -> list[str]:
     lr = s["settings"]["subspace_lr"]
     fixed = load(root, f"{FIXED_SHUFFLED}/summary.json")["models"]["conv_subspace"]
     old = {r["d"]: r for r in fixed["curve"]}
-    # the chosen factor: the chosen lr over the rule's (lr0 min(1, sqrt(d0 / d)))
-    factor = {r["d"]: r["learning_rate"] / (lr["lr0"] * min(1.0, (lr["d0"] / r["d"]) ** 0.5))
-              for r in m["curve"]}
+    rule = importlib.import_module("subspace_jax.subspace").learning_rate  # the run's own rule
+    factor = {r["d"]: r["learning_rate"] / float(rule(lr["rule"], lr["lr0"], r["d"], lr["d0"]))
+              for r in m["curve"]}  # the chosen factor: the chosen lr over the rule's
     rows = []
     for r in m["curve"]:
         o = old.get(r["d"])
@@ -760,14 +760,13 @@ MEMO_COMMAND = """python launch.py --experiment=intrinsic_dimension --workdir=ru
 MEMO_SQRT_COMMAND = (MEMO_COMMAND.replace("runs/memcurve/", "runs/memcurve_sqrt/")
                      .replace("--config.subspace_learning_rate=0.002",
                               "--config.subspace_lr_rule=sqrt --config.subspace_learning_rate=0.05"))
-MEMO_CURVES = (  # (dir, short name, its learning rate in words, command, machine)
-    (MEMO_CURVE, "subspace learning rate 0.002 at every d and share", "subspace learning rate 0.002 at every d and share (the rate with which random "
-                 "labels fit on the H100 runs)", MEMO_COMMAND,
+MEMO_CURVES = (  # (dir, its learning rate in words, why, command, machine)
+    (MEMO_CURVE, "subspace learning rate 0.002 at every d and share",
+     " (the rate with which random labels fit on the H100 runs)", MEMO_COMMAND,
      "the 2-core Intel Xeon CPU, jax 0.10.2, 2026-12-03, about 10 min per share, shared with "
      "other jobs"),
     (MEMO_CURVE_SQRT, "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d))",
-     "the `sqrt` subspace learning-rate rule, 0.05 min(1, sqrt(1,000 / d)) (no "
-                      "factor search: with training accuracy deciding, nothing may choose)",
+     " (no factor search: with training accuracy deciding, nothing may choose)",
      MEMO_SQRT_COMMAND,
      "the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit `fc5cf6c`, about "
      "4 min per share, alone on the CPU"),
@@ -796,7 +795,7 @@ def _memo_rows(root: str, rel: str):
 def memorization_curve(root: str) -> list[str]:
     """d_int90 on training accuracy against the share of random labels, per lr rule."""
     out, ends = [], []
-    for rel, short, lr_text, command, machine in MEMO_CURVES:
+    for rel, short, why, command, machine in MEMO_CURVES:
         rows, missing, cross = _memo_rows(root, rel)
         if not rows:
             continue
@@ -810,7 +809,7 @@ def memorization_curve(root: str) -> list[str]:
                 "training accuracy (on those labels, the last of 100 epochs: nothing is "
                 "chosen, so the protocol note above does not apply) reaches 90%, with the "
                 "interpolated crossing and its 90% bootstrap interval; 3 seeds. Fastfood "
-                f"projection, {lr_text}. Test accuracy (true labels) at d_int90 is reported, "
+                f"projection, {short}{why}. Test accuracy (true labels) at d_int90 is reported, "
                 f"never used. Machine: {machine}. "
                 f"Data: `docs/results/{rel}/labels_<share>/summary.json`.", "",
                 "```bash", command, "```", "",
