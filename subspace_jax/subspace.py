@@ -19,15 +19,18 @@ orthonormal ever builds a D x d array):
   (a ``custom_vjp``). O(D x block) memory for any d, O(D d) time.
 * ``subspace_nn``: theta0's own direction (unit norm) as column 0, trainable
   like the rest, plus d - 1 columns of a ``base`` kind (default dense).
-* ``per_layer``: one dense Gaussian block per leaf of the params pytree (a
-  layer's weights or biases, in ``ravel_pytree`` order), unit-norm columns
-  supported on that leaf only. Leaf l of n_l weights gets d_l of the d
-  columns, d_l = d n_l / D rounded by largest remainder (``layer_shares``):
-  floor(d n_l / D) each, then one more to the largest remainders (ties: the
-  larger leaf, then the earlier one) until the shares sum to d. A leaf whose
-  share is 0 (a small bias at small d) stays at theta0. A run with
-  ``d_active`` < d uses the shares of ``d_active``. sum_l n_l x max d_l
-  memory (fc_200_200: about 0.66 x the dense kind's D x d).
+* ``per_layer``: one block of a ``base`` kind (default dense; its options
+  pass through) per leaf of the params pytree (a layer's weights or biases,
+  in ``ravel_pytree`` order), unit-norm columns supported on that leaf only;
+  leaf l's block is the base kind for D = n_l from ``fold_in(key, l)`` (a
+  sparse base's default nnz is then ceil(sqrt(n_l))). Leaf l of n_l weights
+  gets d_l of the d columns, d_l = d n_l / D rounded by largest remainder
+  (``layer_shares``): floor(d n_l / D) each, then one more to the largest
+  remainders (ties: the larger leaf, then the earlier one) until the shares
+  sum to d. A leaf whose share is 0 (a small bias at small d) stays at
+  theta0. A run with ``d_active`` < d uses the shares of ``d_active``. A
+  dense base holds sum_l n_l x max d_l (fc_200_200: about 0.66 x the dense
+  kind's D x d); ``per_layer:base=sparse`` holds about sqrt(n_l) per column.
 * ``burn_in``: the ``base`` kind (default dense; its options pass through)
   around a burned-in theta0: ``steps`` full-space steps first (default 0:
   the base kind itself; ``lr``, ``batch``; ``train.make_pretrain``). The
@@ -73,10 +76,10 @@ PROJECTIONS = ("dense", "orthonormal", "sparse", "fastfood", "regenerated", "sub
                "per_layer", "burn_in", "trajectory")
 _PRETRAIN = ("lr", "batch")
 _OPTIONS = {"dense": (), "orthonormal": (), "sparse": ("nnz",), "fastfood": (),
-            "regenerated": ("block",), "subspace_nn": ("base",), "per_layer": (),
+            "regenerated": ("block",), "subspace_nn": ("base",), "per_layer": ("base",),
             "burn_in": ("base", "steps", *_PRETRAIN),
             "trajectory": ("snapshots", "every", *_PRETRAIN)}
-WRAPPERS = ("subspace_nn", "burn_in")  # kinds with a random ``base`` kind
+WRAPPERS = ("subspace_nn", "burn_in", "per_layer")  # kinds with a random ``base`` kind
 PRETRAINED = ("burn_in", "trajectory")  # kinds that train in full space first
 _INT_OPTIONS = {"nnz": 1, "block": 1, "steps": 0, "batch": 1, "snapshots": 1, "every": 1}
 PRETRAIN_DEFAULTS = {"lr": 1e-3, "batch": 64}  # the full-space runs' Adam defaults
@@ -135,7 +138,7 @@ def _split_base(name: str, options: dict) -> tuple[str, dict, dict]:
     """A wrapper kind's own options, its base kind and the base's options."""
     own = {k: v for k, v in options.items() if k in _OPTIONS[name] and k != "base"}
     base_name, base_options = parse_kind(str(options.get("base", "dense")))
-    if base_name not in PROJECTIONS or base_name in WRAPPERS + PRETRAINED + ("per_layer",):
+    if base_name not in PROJECTIONS or base_name in WRAPPERS + PRETRAINED:
         raise ConfigError(f"{name} needs a random base kind, not {base_name!r}; valid: "
                           "dense, orthonormal, sparse, fastfood, regenerated.")
     rest = {k: v for k, v in options.items() if k not in _OPTIONS[name]}
@@ -363,27 +366,41 @@ def layer_shares(d_max: int, sizes) -> np.ndarray:
     return share_KxL
 
 
-def per_layer_params(key, sizes, d: int):
-    """``(blocks, share_KxL)``: per leaf l a Gaussian ``n_l x max_d share`` block,
-    unit-norm columns, from ``fold_in(key, l)``; the share table of ``layer_shares``."""
+def per_layer_maps(base: str, key, sizes, d: int, **base_options):
+    """``(maps, share_KxL)``: per leaf l the base kind's map R^cap_l -> R^n_l
+    (``None`` for a leaf that never gets a column), cap_l = its largest
+    share, from ``fold_in(key, l)``; the share table of ``layer_shares``."""
     share_KxL = layer_shares(d, sizes)
-    blocks = []
+    maps = []
     for l, (n, cap) in enumerate(zip(sizes, share_KxL.max(0))):
-        B = jax.random.normal(jax.random.fold_in(key, l), (int(n), int(cap)))
-        blocks.append(B / jnp.linalg.norm(B, axis=0, keepdims=True))
-    return blocks, share_KxL
+        maps.append(_leaf(make_projection, base, jax.random.fold_in(key, l), int(n), int(cap),
+                          l, base_options) if cap else None)
+    return maps, share_KxL
 
 
-def per_layer_apply(blocks, share_KxL, omega_d, d_active):
-    """Leaf l's delta is ``B_l`` times its run of ``share[d_active, l]`` omega
-    entries; the runs follow each other in leaf order from omega's entry 0."""
+def _leaf(build, base: str, key, n: int, cap: int, l: int, base_options: dict):
+    """The base kind built for one leaf; an explicit option the leaf cannot
+    take (``nnz`` > n_l) names the leaf instead of the base's own D."""
+    try:
+        return build(base, key, n, cap, **base_options)
+    except ConfigError as e:
+        raise ConfigError(f"per_layer: leaf {l} of {n} parameters: {e}") from None
+
+
+def per_layer_apply(maps, sizes, share_KxL, omega_d, d_active):
+    """Leaf l's delta is its map applied to its run of ``share[d_active, l]``
+    omega entries (zeros past the run); the runs follow each other in leaf
+    order from omega's entry 0."""
     share_L = jnp.asarray(share_KxL, jnp.int32)[d_active]
     start_L = jnp.cumsum(share_L) - share_L
     parts = []
-    for l, B in enumerate(blocks):
-        i_c = jnp.arange(B.shape[1])
+    for l, (f, n, cap) in enumerate(zip(maps, sizes, share_KxL.max(0))):
+        if f is None:
+            parts.append(jnp.zeros((n,), omega_d.dtype))
+            continue
+        i_c = jnp.arange(int(cap))
         w_c = omega_d[jnp.minimum(start_L[l] + i_c, omega_d.size - 1)]
-        parts.append(B @ jnp.where(i_c < share_L[l], w_c, 0.0))
+        parts.append(f(jnp.where(i_c < share_L[l], w_c, 0.0)))
     return jnp.concatenate(parts)
 
 
@@ -442,6 +459,11 @@ def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, layer_size
         _check(base_name, base_options, D)
         if name == "burn_in":  # theta0_D is already the burned-in point
             return make_projection(base_name, key, D, d, **base_options)
+        if name == "per_layer":
+            sizes = _layer_sizes(layer_sizes, D)
+            maps, share_KxL = per_layer_maps(base_name, key, sizes, d, **base_options)
+            d_active = d if d_active is None else d_active
+            return lambda omega_d: per_layer_apply(maps, sizes, share_KxL, omega_d, d_active)
         u_D = _unit(theta0_D)
         if d == 1:
             return lambda omega_d: omega_d[0] * u_D
@@ -454,10 +476,6 @@ def make_projection(kind: str, key, D: int, d: int, *, theta0_D=None, layer_size
     if name == "trajectory":
         U_Dxd = _basis(basis_Dxd, D, d)
         return lambda omega_d: U_Dxd @ omega_d
-    if name == "per_layer":
-        blocks, share_KxL = per_layer_params(key, _layer_sizes(layer_sizes, D), d)
-        d_active = d if d_active is None else d_active
-        return lambda omega_d: per_layer_apply(blocks, share_KxL, omega_d, d_active)
     if name == "sparse":
         rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
         return lambda omega_d: sparse_apply(rows_dxk, vals_dxk, omega_d, D)
@@ -480,6 +498,18 @@ def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, layer_si
         base_name, _, base_options = _split_base(name, options)
         if name == "burn_in":
             return projection_matrix(base_name, key, D, d, **base_options)
+        if name == "per_layer":  # each leaf's base matrix, placed in its rows
+            sizes = _layer_sizes(layer_sizes, D)
+            share_KxL = layer_shares(d, sizes)
+            P_Dxd, row, col = jnp.zeros((D, d)), 0, 0
+            for l, (n, cap, k) in enumerate(zip(sizes, share_KxL.max(0),
+                                                share_KxL[d if d_active is None else d_active])):
+                if k:
+                    B = _leaf(projection_matrix, base_name, jax.random.fold_in(key, l), n,
+                              int(cap), l, base_options)
+                    P_Dxd = P_Dxd.at[row:row + n, col:col + k].set(B[:, :k])
+                row, col = row + n, col + int(k)
+            return P_Dxd
         cols = [_unit(theta0_D)[:, None]]
         if d > 1:
             cols.append(projection_matrix(base_name, key, D, d - 1, **base_options))
@@ -491,14 +521,6 @@ def projection_matrix(kind: str, key, D: int, d: int, *, theta0_D=None, layer_si
         return orthonormal_projection(key, D, d)
     if name == "trajectory":
         return _basis(basis_Dxd, D, d)
-    if name == "per_layer":
-        sizes = _layer_sizes(layer_sizes, D)
-        blocks, share_KxL = per_layer_params(key, sizes, d)
-        P_Dxd, row, col = jnp.zeros((D, d)), 0, 0
-        for B, n, k in zip(blocks, sizes, share_KxL[d if d_active is None else d_active]):
-            P_Dxd = P_Dxd.at[row:row + n, col:col + k].set(B[:, :k])
-            row, col = row + n, col + int(k)
-        return P_Dxd
     if name == "sparse":
         rows_dxk, vals_dxk = sparse_params(key, D, d, options.get("nnz"))
         cols_dxk = jnp.broadcast_to(jnp.arange(d)[:, None], rows_dxk.shape)

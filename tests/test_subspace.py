@@ -24,7 +24,7 @@ D, d = 50, 12
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 KINDS = ["dense", "orthonormal", "sparse", "sparse:nnz=3", "fastfood", "regenerated",
          "regenerated:block=5", "subspace_nn", "subspace_nn:base=fastfood", "per_layer",
-         "burn_in:steps=3,base=sparse,nnz=3"]
+         "per_layer:base=sparse", "burn_in:steps=3,base=sparse,nnz=3"]
 SIZES = (30, 5, 12, 3)  # leaves of D = 50 for per_layer (d = 12: shares 7, 1, 3, 1)
 
 
@@ -249,19 +249,20 @@ def test_layer_shares_largest_remainder():
     np.testing.assert_array_equal(subspace.layer_shares(12, SIZES)[12], [7, 1, 3, 1])
 
 
-def test_per_layer_with_d_active_equals_matrix_and_stays_in_its_leaves():
+@pytest.mark.parametrize("kind", ["per_layer", "per_layer:base=sparse,nnz=2"])
+def test_per_layer_with_d_active_equals_matrix_and_stays_in_its_leaves(kind):
     omega_d, d_act = normal(3, d), 7
 
     @jit
     def both(key, omega_d, d_active):
         mask_d = subspace.column_mask(d, d_active)
-        project = subspace.make_projection("per_layer", key, D, d, layer_sizes=SIZES,
+        project = subspace.make_projection(kind, key, D, d, layer_sizes=SIZES,
                                            d_active=d_active)
-        return project(omega_d * mask_d), matrix("per_layer", key)
+        return project(omega_d * mask_d), matrix(kind, key)
 
     key = jax.random.key(15)
     delta, P_full = both(key, omega_d, d_act)
-    P = np.asarray(subspace.projection_matrix("per_layer", key, D, d, layer_sizes=SIZES,
+    P = np.asarray(subspace.projection_matrix(kind, key, D, d, layer_sizes=SIZES,
                                               d_active=d_act))
     np.testing.assert_allclose(delta, P @ omega_d, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(P[:, d_act:], 0.0)
@@ -271,7 +272,7 @@ def test_per_layer_with_d_active_equals_matrix_and_stays_in_its_leaves():
     assert all(len(leaf) == 1 for leaf in leaf_of_col)  # each column in one leaf
     counts = np.bincount([leaf[0] for leaf in leaf_of_col], minlength=len(SIZES))
     np.testing.assert_array_equal(counts, subspace.layer_shares(d, SIZES)[d_act])
-    # The first leaf's columns are the same Gaussian block at every d_active.
+    # The first leaf's columns are the same block at every d_active.
     k0 = counts[0]
     np.testing.assert_allclose(P[:, :k0], np.asarray(P_full)[:, :k0], rtol=1e-5, atol=1e-7)
 
@@ -375,11 +376,16 @@ def test_new_kind_errors():
                                                                 "random base kind"),
                         ("trajectory:snapshots=4", "snapshots >= 8"), ("per_layer:nnz=2",
                                                                         "no option"),
-                        ("trajectory:lr=0", "number > 0")):
+                        ("trajectory:lr=0", "number > 0"),
+                        ("per_layer:base=per_layer", "random base kind")):
         with pytest.raises(ConfigError, match=match):
             subspace.check_kind(spec, D, d=8)
     with pytest.raises(ValueError, match="layer_sizes"):
         subspace.make_projection("per_layer", jax.random.key(0), D, d, layer_sizes=(3, 4))
+    # An explicit nnz larger than a leaf that gets columns names that leaf.
+    with pytest.raises(ConfigError, match="leaf 3 of 3 parameters"):
+        subspace.make_projection("per_layer:base=sparse,nnz=4", jax.random.key(0), D, d,
+                                 layer_sizes=SIZES)
     with pytest.raises(ConfigError, match="snapshots >= 8"):
         subspace_run(mlp("tiny", (4,), n_in=784), "trajectory:snapshots=4")
 
