@@ -11,8 +11,10 @@ beside it). What counts as a free parameter depends on the method:
   trained coordinates of theta0 + P omega (theta0 and P are fixed random);
 * pruning (``pruning_compare``, ``lottery``, ``golf_prune``): non-zero
   weights and biases after pruning;
-* golf: non-zero parameters of the final recipe; zoo, distilled students and
-  full-space baselines: the dense parameter count;
+* golf: non-zero parameters of the final recipe, and of the published
+  records re-trained by ``golf_records`` (the 1,936 net's shared layer
+  counted once); zoo, distilled students and full-space baselines: the dense
+  parameter count;
 * weight-agnostic networks (``wann``): connections. With one shared weight
   each connection is one on/off choice and the weight is one scalar (not
   counted); with individually tuned weights each connection has its own.
@@ -79,6 +81,7 @@ INTRINSIC = ("gpu_h100/intrinsic_dimension", "gpu_h100/intrinsic_dimension_spars
 GOLF = (("gpu_golf", "previous"), ("gpu_golf_600", "previous"), ("golf_ref_space", "previous"),
         ("golf_ref_space_16ep", "previous"), ("current_ref_space_16ep", "current"),
         ("gmp450_aug", "current"))
+GOLF_RECORDS = ("records", "records_697", "records_997", "records_1936")  # golf_records runs
 GOLF_PRUNE_SEEDS = (0, 1, 2)          # the seeds of the final golf recipe that were pruned
 GOLF_PRUNE_ARMS = ("brute_force", "magnitude", "magnitude+finetune", "obd", "obd+finetune")
 STUDENT_NOISE = "gaussian"  # memorization's first noise kind: chosen before any result, not on one
@@ -296,6 +299,20 @@ def golf(root: str) -> list[dict]:
     return out
 
 
+def golf_records(root: str) -> list[dict]:
+    """Each published recipe re-trained here: its ok seeds' test mean; the
+    recipes differ in size, so validation chooses nothing between them."""
+    out = []
+    for rel in GOLF_RECORDS:
+        for name, r in read(root, f"golf/{rel}/summary.json")["recipes"].items():
+            nonzero = mean_sd([p["nonzero_params"] for p in r["per_seed"] if p["status"] == "ok"])
+            out.append(point("golf", f"{name}, the published recipe re-trained ({rel})",
+                             nonzero[0], r, source=f"golf/{rel}/summary.json", protocol="current",
+                             budget=f"{r['train']['epochs']} epochs", choose_key="val_acc_mean",
+                             seeds=ok_seeds(r)))
+    return out
+
+
 def zoo(root: str) -> list[dict]:
     rel = "gpu_h100/zoo"
     budget = f"{epochs_of(root, rel, 'train.epochs')['train.epochs']} epochs"
@@ -344,7 +361,8 @@ def wann(root: str) -> list[dict]:
 
 READERS = {"intrinsic_dimension": intrinsic_dimension, "subspace_sweep": subspace_sweep,
            "pruning_compare": pruning_compare, "lottery": lottery, "golf_prune": golf_prune,
-           "golf": golf, "zoo": zoo, "memorization": memorization, "wann": wann}
+           "golf": golf, "golf_records": golf_records, "zoo": zoo,
+           "memorization": memorization, "wann": wann}
 
 
 def published_points() -> list[dict]:

@@ -47,6 +47,18 @@ def test_points_carry_the_committed_numbers():
     assert [p["test_acc_mean"] for p in shared] == [0.8849]
 
 
+def test_golf_records_points_are_the_re_trained_recipes():
+    points = _points(("golf_records",))["points"]
+    by_name = {p["label"].split(",")[0]: p for p in points}
+    assert set(by_name) == {"hexhowells_820", "joshwarn_697", "joshwarn_997", "shared_1936"}
+    # records_997: 5 ok seeds of 997 non-zero, test 98.74 / 98.71 / 98.70 / 98.59 / 98.78%
+    p997 = by_name["joshwarn_997"]
+    assert p997["free_params"] == 997 and p997["seeds"] == 5 and p997["budget"] == "60 epochs"
+    assert p997["test_acc_mean"] == pytest.approx(0.98704, abs=1e-6)
+    assert p997["protocol"] == "current" and p997["on_frontier"]
+    assert by_name["shared_1936"]["free_params"] == 1936  # its shared layer counted once
+
+
 def _hand_made_results(tmp_path):
     """A copy of the zoo summary in which zoo_fc16 diverged on every seed."""
     shutil.copytree(os.path.join(RESULTS, "gpu_h100", "zoo"), tmp_path / "gpu_h100" / "zoo")

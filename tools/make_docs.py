@@ -78,7 +78,7 @@ MACHINES = {
                   "`f212c82`; current protocol: the 2-core Intel Xeon CPU, 2026-12-03, "
                   "commit `124aa88`",
     "interpret": f"{CPU}, 22 s",
-    "frontier": "this project's 2-core x86_64 CPU (Intel Xeon), 2026-12-02, about 2 s; it reads "
+    "frontier": "this project's 2-core x86_64 CPU (AMD EPYC), 2026-12-04, about 2 s; it reads "
                 "the committed summaries and trains nothing",
 }
 
