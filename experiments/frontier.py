@@ -98,6 +98,11 @@ EXCLUDED = {
     "cpu/intrinsic_dimension_shuffled_conv_sqrt": "shuffled pixels: not MNIST as given",
     "cpu/memorization_curve{,_sqrt}/labels_*, cpu/memorization_lr_fixed0.05/labels_1.0":
         "partly random labels, decided on training accuracy",
+    "cpu/intrinsic_dimension_fc_{burn_in20_sparse,trajectory200,trajectory20}, "
+    "cpu/intrinsic_dimension_conv_3ep_{burn_in20,trajectory800}":
+        "full-space pre-training that the d free parameters did not pay for",
+    "cpu/intrinsic_dimension_conv_3ep_{dense,per_layer}":
+        "a 3-epoch comparison of bases, below the budget of the runs read",
     "cpu/intrinsic_dimension_fc_sparse_parity": "superseded re-run (easier deciding half)",
     "cpu/intrinsic_dimension_fc_sparse": "superseded re-run (easier deciding half)",
     "memorization_summary.json: students of random-label teachers":

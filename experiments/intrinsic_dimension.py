@@ -16,6 +16,8 @@
     # Bases beyond random (subspace.py), and the sqrt learning-rate rule with 3 factors:
     python launch.py --experiment=intrinsic_dimension --config.projection=per_layer \
         --workdir=runs/intrinsic_dimension_per_layer
+    python launch.py --experiment=intrinsic_dimension --config.models='("fc_200_200",)' \
+        --config.projection=per_layer:base=sparse --workdir=runs/idfc_per_layer_sparse
     python launch.py --experiment=intrinsic_dimension --config.projection=burn_in:steps=500 \
         --workdir=runs/intrinsic_dimension_burn_in500
     python launch.py --experiment=intrinsic_dimension \

@@ -394,11 +394,32 @@ def pngs_of(root: str, rel: str) -> list[str]:
 BEYOND = (  # (dir, what): fc_200_200 runs of the projection kinds beyond random, current protocol
     (CPU_RERUN, "random sparse"),
     ("cpu/intrinsic_dimension_fc_burn_in20_sparse", "burn-in, 20 full-space steps, then sparse"),
+    ("cpu/intrinsic_dimension_fc_per_layer_sparse", "per-layer random sparse blocks"),
+    ("cpu/intrinsic_dimension_fc_trajectory200",
+     "trajectory: top-d directions of 200 full-space steps"),
+    ("cpu/intrinsic_dimension_fc_trajectory20",
+     "trajectory: top-d directions of 20 full-space steps"),
 )
-BEYOND_COMMAND = ("python launch.py --experiment=intrinsic_dimension "
-                  "--config.models='(\"fc_200_200\",)' \\\n    "
-                  "--config.projection=burn_in:steps=20,base=sparse "
-                  "--workdir=runs/intrinsic_dimension_fc_burn_in20_sparse")
+BEYOND_MACHINE = {  # where and how long each fc_200_200 run of BEYOND beyond the first took
+    "cpu/intrinsic_dimension_fc_burn_in20_sparse":
+        "the 2-core Intel Xeon CPU, 2 XLA devices, 2026-12-03, commit `9919afe`, 8 min 45 s",
+    "cpu/intrinsic_dimension_fc_per_layer_sparse":
+        "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `4fa70c4`",
+    "cpu/intrinsic_dimension_fc_trajectory200":
+        "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `d52dd26`, 11 min 44 s",
+    "cpu/intrinsic_dimension_fc_trajectory20":
+        "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `4fa70c4`, 2 min 9 s",
+}
+BEYOND_COMMAND = (
+    "python launch.py --experiment=intrinsic_dimension --config.models='(\"fc_200_200\",)' \\\n"
+    "    --config.projection=burn_in:steps=20,base=sparse "
+    "--workdir=runs/intrinsic_dimension_fc_burn_in20_sparse\n"
+    "python launch.py --experiment=intrinsic_dimension --config.models='(\"fc_200_200\",)' \\\n"
+    "    --config.projection=per_layer:base=sparse --workdir=runs/idfc_per_layer_sparse\n"
+    "for spec in \"200:5,10,20,50,100,200\" \"20:2,5,10,20\"; do  # snapshots : grid\n"
+    "  python launch.py --experiment=intrinsic_dimension --config.models='(\"fc_200_200\",)' \\\n"
+    "    --config.projection=trajectory:snapshots=${spec%%:*} --config.grid=\"(${spec#*:})\" \\\n"
+    "    --workdir=runs/idfc_trajectory${spec%%:*}\ndone")
 
 
 def _beyond_rows(root: str, runs, model: str):
@@ -436,25 +457,66 @@ BEYOND_CONV_COMMAND = (
 
 def beyond_random(root: str) -> list[str]:
     """d_int90 by subspace kind, the committed current-protocol runs (fc_200_200; conv)."""
-    rows, ms = _beyond_rows(root, BEYOND, "fc_200_200")
+    runs = [(rel, what) for rel, what in BEYOND if exists(root, f"{rel}/summary.json")]
+    rows, ms = _beyond_rows(root, runs, "fc_200_200")
     if len(rows) < 2:
         return []
+    by = {rel: (row, m) for (rel, _), row, m in zip(runs, rows, ms)}
+    machines = "; ".join(f"{what}: {BEYOND_MACHINE[rel]} wall" for rel, what in runs
+                         if rel in BEYOND_MACHINE)
     out = ["## Subspaces beyond random (current protocol, CPU)", "",
-           "fc_200_200, 3 seeds, 10 epochs, the default grid and bisection; decided on the "
-           "deciding half. The burn-in run: the 2-core Intel Xeon CPU, 2 XLA devices, "
-           "2026-12-03, commit `9919afe`, 8 min 45 s wall. A burn-in's or a trajectory's "
-           "full-space steps are information the d free parameters did not pay for: d is "
-           "still what is counted. Per-layer and trajectory bases are not measured on "
-           "fc_200_200: both are dense-like, about 10 min per epoch of it on this CPU (the "
-           "conv net below has them). Data: each row's `summary.json`.", "",
+           "fc_200_200, 3 seeds, 10 epochs, decided on the deciding half; the default grid "
+           "and bisection, except the trajectory runs' grids (a trajectory of M steps has at "
+           "most M directions). A burn-in's or a trajectory's full-space steps are "
+           "information the d free parameters did not pay for: d is still what is counted. "
+           "The per-layer run gives each leaf a sparse block (nnz = ceil(sqrt(n_l)) per "
+           "column) instead of the conv table's dense ones, so it compares with the random "
+           f"sparse row; a dense per-layer P is about 10 min per epoch here. Runs: {machines}. "
+           "Data: each row's `summary.json`.", "",
            "```bash", BEYOND_COMMAND, "```", "",
-           *table(BEYOND_HEADER, rows, "llrrrrl"), "",
-           f"Burn-in lowers d_int90 from {ms[0]['d_int90']['global']['d']:,} to "
-           f"{ms[1]['d_int90']['global']['d']:,} (global) and from "
-           f"{ms[0]['d_int90']['individual']['d']:,} to "
-           f"{ms[1]['d_int90']['individual']['d']:,} (individual), but its full-space steps "
-           f"lift the curve's floor from {rows[0][5]} to {rows[1][5]}: much of the gain is "
-           "the burn-in's own training, not a better subspace.", ""]
+           *table(BEYOND_HEADER, rows, "llrrrrl"), ""]
+    base_row, base = by[CPU_RERUN]
+    d0 = {b: base["d_int90"][b] for b in ("global", "individual")}
+    burn = "cpu/intrinsic_dimension_fc_burn_in20_sparse"
+    if burn in by:
+        row, m = by[burn]
+        out += [f"Burn-in lowers d_int90 from {d0['global']['d']:,} to "
+                f"{m['d_int90']['global']['d']:,} (global) and from {d0['individual']['d']:,} "
+                f"to {m['d_int90']['individual']['d']:,} (individual), but its full-space steps "
+                f"lift the curve's floor from {base_row[5]} to {row[5]}: much of the gain is "
+                "the burn-in's own training, not a better subspace.", ""]
+    layer = "cpu/intrinsic_dimension_fc_per_layer_sparse"
+    if layer in by:
+        row, m = by[layer]
+        est = m["d_int90"]
+        moves = ["raises" if est[b]["d"] > d0[b]["d"] else "lowers" if est[b]["d"] < d0[b]["d"]
+                 else "keeps" for b in ("global", "individual")]
+        out += [f"Per-layer sparse blocks against one global sparse basis: d_int90 "
+                f"{d_text(est['global'])} global ({moves[0]} {d0['global']['d']:,}), "
+                f"{d_text(est['individual'])} individual ({moves[1]} "
+                f"{d0['individual']['d']:,}); the floor at the smallest d is {row[5]} "
+                f"against {base_row[5]}.", ""]
+    trajs = [(rel, what) for rel, what in runs if "trajectory" in rel]
+    parts = []
+    for rel, _ in trajs:
+        row, m = by[rel]
+        est, steps = m["d_int90"]["global"], m["projection"].split("snapshots=")[1]
+        top = max(m["curve"], key=lambda r: r["d"])
+        top_text = f"{pct(top['decide_acc_mean'], top['decide_acc_sd'])} at d = {top['d']:,}"
+        if est["censored"] == "above":
+            parts.append(f"the {steps}-step basis does not reach it within its {steps} "
+                         f"directions ({top_text})")
+        else:
+            where = "at or below" if est["censored"] == "below" else "at"
+            parts.append(f"the {steps}-step basis reaches it {where} d = {est['d']:,} "
+                         f"({row[5]}; {top_text})")
+    if parts:
+        out += ["The trajectory bases against the global threshold: " + "; ".join(parts) + ". "
+                f"The random sparse basis gives {base_row[5]}. With theta0 at the "
+                "initialisation, a trajectory basis spans where full-space training went: its "
+                "first directions hold what those steps learned, and it has no more directions "
+                "than snapshots. So its d_int90 measures the basis's pre-training, not a "
+                "subspace's capacity, and is no rival to the random rows.", ""]
     crows, cms = _beyond_rows(root, BEYOND_CONV, "conv_subspace")
     if len(crows) == len(BEYOND_CONV):
         g = [m["d_int90"]["global"] for m in cms]
