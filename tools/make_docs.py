@@ -1313,6 +1313,20 @@ def interpret(root: str) -> str:
                    "class feature means, 450 non-zero"),
             figure("golf450_interpret_ascent_logits.png", "logit visualisation, 450 non-zero"),
             ""]
+    if exists(root, "golf/records_997/summary.json"):
+        chosen = load(root, "golf/records_997/summary.json")["recipes"]["joshwarn_997"]["chosen"]
+        body += [f"The same for the 997-parameter separable + global-average-pooling net "
+                 f"(joshwarn_997 re-trained under this protocol), seed {chosen['seed']}, chosen "
+                 f"on the choosing validation half (`docs/results/golf/records_997/"
+                 f"joshwarn_997.npz`, {pct(chosen['test_acc'])}% test; the model the golf page "
+                 "names for the goal of 99% with at most 1,000 parameters; `python launch.py --experiment=interpret "
+                 "--config.model_file=docs/results/golf/records_997/joshwarn_997.npz`, 69 s on "
+                 "the 2-core AMD EPYC CPU, 2026-12-04, shared with a training run):", "",
+                 figure("golf997_interpret_first_layer.png", "first layer, 997 params"),
+                 figure("golf997_interpret_class_feature_means.png",
+                        "class feature means, 997 params"),
+                 figure("golf997_interpret_ascent_logits.png", "logit visualisation, 997 params"),
+                 ""]
     return page("interpret: what the pruned golf model computes", "interpret",
                 "python launch.py --experiment=interpret "
                 "--config.model_file=runs/golf_prune_16ep/pruned.npz", body,
