@@ -77,7 +77,8 @@ COUNTED = {
 }
 
 INTRINSIC = ("gpu_h100/intrinsic_dimension", "gpu_h100/intrinsic_dimension_sparse",
-             "gpu_h100/intrinsic_dimension_fastfood", "cpu/intrinsic_dimension_fc_sparse_random")
+             "gpu_h100/intrinsic_dimension_fastfood", "cpu/intrinsic_dimension_fc_sparse_random",
+             "cpu/intrinsic_dimension_fc_per_layer_sparse")
 GOLF = (("gpu_golf", "previous"), ("gpu_golf_600", "previous"), ("golf_ref_space", "previous"),
         ("golf_ref_space_16ep", "previous"), ("current_ref_space_16ep", "current"),
         ("gmp450_aug", "current"))

@@ -404,7 +404,7 @@ BEYOND_MACHINE = {  # where and how long each fc_200_200 run of BEYOND beyond th
     "cpu/intrinsic_dimension_fc_burn_in20_sparse":
         "the 2-core Intel Xeon CPU, 2 XLA devices, 2026-12-03, commit `9919afe`, 8 min 45 s",
     "cpu/intrinsic_dimension_fc_per_layer_sparse":
-        "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `4fa70c4`",
+        "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `4fa70c4`, 9 min 39 s",
     "cpu/intrinsic_dimension_fc_trajectory200":
         "the 2-core AMD EPYC CPU, 2 XLA devices, 2026-12-04, commit `d52dd26`, 11 min 44 s",
     "cpu/intrinsic_dimension_fc_trajectory20":
@@ -489,13 +489,12 @@ def beyond_random(root: str) -> list[str]:
     if layer in by:
         row, m = by[layer]
         est = m["d_int90"]
-        moves = ["raises" if est[b]["d"] > d0[b]["d"] else "lowers" if est[b]["d"] < d0[b]["d"]
-                 else "keeps" for b in ("global", "individual")]
-        out += [f"Per-layer sparse blocks against one global sparse basis: d_int90 "
-                f"{d_text(est['global'])} global ({moves[0]} {d0['global']['d']:,}), "
-                f"{d_text(est['individual'])} individual ({moves[1]} "
-                f"{d0['individual']['d']:,}); the floor at the smallest d is {row[5]} "
-                f"against {base_row[5]}.", ""]
+        verb = lambda a, b: "rises" if a > b else "falls" if a < b else "stays"  # noqa: E731
+        moves = [f"{verb(est[b]['d'], d0[b]['d'])} from {d0[b]['d']:,} to {d_text(est[b])} ({b})"
+                 for b in ("global", "individual")]
+        out += [f"Per-layer sparse blocks against one global sparse basis: d_int90 {moves[0]} "
+                f"and {moves[1]}; the floor at the smallest d is {row[5]} against "
+                f"{base_row[5]}.", ""]
     trajs = [(rel, what) for rel, what in runs if "trajectory" in rel]
     parts = []
     for rel, _ in trajs:
