@@ -205,7 +205,9 @@ def subspace_long(root: str) -> list[str]:
 
 # ---------------------------------------------------------------- intrinsic_dimension
 def d_text(est) -> str:
-    """``637 [609, 638]``, ``> 1,600`` or ``<= 50``."""
+    """``637 [609, 638]``, ``> 1,600`` or ``<= 50``: the smallest measured d that
+    passes, and in brackets the interval of the interpolated crossing (which
+    can lie below that d: the crossing sits between measured points)."""
     if est is None:
         return "-"
     if est["censored"] == "above":
@@ -368,8 +370,8 @@ def rerun_section(s: dict | None, by_kind: dict, cfg: dict | None = None, rel: s
     return head + [
         rule, "", *([gap_text, ""] if gap_text else []),
         f"Machine: {machine or CPU_MACHINE}. Data: `docs/results/{rel}/summary.json`.{setup}", "",
-        *table(["model", "baseline", "threshold %", "d_int90 [90% CI]", "crossing (interp.)",
-                "decided on"], est_rows, "llrrrl"), "",
+        *table(["model", "baseline", "threshold %", "d_int90 [crossing's 90% CI]",
+                "crossing (interp.)", "decided on"], est_rows, "llrrrl"), "",
         *table(["model", "d", "phase", "val acc % (chooses epoch)",
                 "val acc % (other half, decides)", "test acc % (reported only)", "ok runs",
                 "diverged"], curve_rows, "lrlrrrrr"), "",
@@ -438,7 +440,8 @@ def _beyond_rows(root: str, runs, model: str):
     return rows, ms
 
 
-BEYOND_HEADER = ["subspace", "projection", "d_int90 global [90% CI]", "d_int90 individual [90% CI]",
+BEYOND_HEADER = ["subspace", "projection", "d_int90 global [crossing's 90% CI]",
+                 "d_int90 individual [crossing's 90% CI]",
                  "individual threshold %", "decide acc % at the smallest d", "dir"]
 BEYOND_CONV = (  # conv_subspace at a reduced budget, the four kinds in one batch of runs
     ("cpu/intrinsic_dimension_conv_3ep_dense", "random dense"),
@@ -874,8 +877,8 @@ def memorization_curve(root: str) -> list[str]:
                 f"never used. Machine: {machine}. "
                 f"Data: `docs/results/{rel}/labels_<share>/summary.json`.", "",
                 "```bash", command, "```", "",
-                *table(["random share", "d_int90 [90% CI]", "crossing", "full-space train acc %",
-                        "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
+                *table(["random share", "d_int90 [crossing's 90% CI]", "crossing",
+                        "full-space train acc %", "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
                        rows, "lrrrrrrr"), ""]
         crossings = ", ".join(f"{r[2]} at share {r[0]}" for r in rows)
         out += [f"The interpolated crossing: {crossings}. The search is coarse (one bisection "
@@ -922,7 +925,7 @@ def memorization_lr(root: str) -> list[str]:
             "images) and the `sqrt` rule; fixed 0.05 is the sqrt command without "
             "`--config.subspace_lr_rule=sqrt`. Training accuracy on the random labels decides "
             "(the last epoch); no rate was chosen on these runs, each row is its own rule.", "",
-            *table(["learning rate", "d_int90 [90% CI]", "crossing",
+            *table(["learning rate", "d_int90 [crossing's 90% CI]", "crossing",
                     *(f"train acc % at d = {d:,}" for d in grid), "diverged", "dir"], rows,
                    "l" + "r" * (3 + len(grid)) + "l"), "",
             "The crossing by rate: " + "; ".join(f"{r[0]}: {r[2]}" for r in rows)
