@@ -593,7 +593,8 @@ def lr_rule_section(root: str) -> list[str]:
             "the factor grid, so a smaller rate may do better still there; where a larger "
             "factor won at a smaller d, the best rate falls faster with d than sqrt(1 / d) "
             "(the conv net's long run on the subspace_sweep page chose its smallest lr0 at "
-            "every d too).")
+            "every d too)." + (" The next section tries smaller factors." if exists(
+                root, f"{SQRT_LOW}/summary.json") else ""))
     return [
         "## The subspace learning rate: a rule that scales with d (current protocol, CPU)", "",
         "With one learning rate (0.05) at every d, the shuffled-pixel conv net's accuracy "
@@ -619,6 +620,98 @@ def lr_rule_section(root: str) -> list[str]:
         f"the deciding half): global {d_text(est.get('global'))}, individual "
         f"{d_text(est.get('individual'))} (one grid, no bisection: read the crossing in "
         f"`summary.json`, {num(est['global']['d_interp'])} global).{edge}", ""]
+
+
+SQRT_LOW = "cpu/intrinsic_dimension_shuffled_conv_sqrt_low"  # the same, factors below 0.25
+SQRT_LOW_COMMAND = (
+    "python launch.py --experiment=intrinsic_dimension \\\n"
+    "    --workdir=runs/idim_shuffled_conv_sqrt_low \\\n"
+    "    --config.models='(\"conv_subspace\",)' --config.data.permute_pixels=True \\\n"
+    "    --config.grid='(1600,3200,6400)' --config.bisection_rounds=0 --config.seeds='(0,1)' \\\n"
+    "    --config.subspace_lr_rule=sqrt --config.subspace_lr_factors='(0.0625,0.125,0.25)'")
+SQRT_LOW_MACHINE = ("the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit "
+                    "`4fa70c4`, 27 min 50 s wall (full space 2 min 2 s), with light other work "
+                    "on the CPU")
+
+
+def _factor_means(root: str, rel: str) -> dict:
+    """(d, factor) -> per-seed records of the committed grid unit of ``rel``
+    (every factor's runs, not only the chosen one's)."""
+    out: dict = {}
+    for name in sorted(os.listdir(os.path.join(root, RESULTS, rel, "runs"))):
+        if "_grid_" in name:
+            for r in load(root, f"{rel}/runs/{name}")["records"]:
+                out.setdefault((r["d"], r["lr_factor"]), []).append(r)
+    return out
+
+
+def _mean_of(records: list, key: str):
+    ok = [r[key] for r in records if r["status"] == "ok"]
+    return sum(ok) / len(ok) if ok else None
+
+
+def lr_low_section(root: str) -> list[str]:
+    """The shuffled-pixel follow-up: factors below the first grid's edge; the
+    factor chosen over both grids on the choosing half, every factor shown."""
+    if not all(exists(root, f"{rel}/summary.json") for rel in (SQRT_LOW, SQRT_SHUFFLED)):
+        return []
+    grids = [(rel, _factor_means(root, rel)) for rel in (SQRT_LOW, SQRT_SHUFFLED)]
+    low = load(root, f"{SQRT_LOW}/summary.json")
+    ds = [r["d"] for r in low["models"]["conv_subspace"]["curve"]]
+    columns = sorted({(f, rel) for rel, g in grids for (d, f) in g if d in ds})
+    label = {SQRT_LOW: "low grid", SQRT_SHUFFLED: "first grid"}
+    rows, picks, twins = [], {}, []
+    for d in ds:
+        cands = [(f, rel, g[(d, f)]) for f, rel in columns for r_, g in grids
+                 if r_ == rel and (d, f) in g]
+        # The choosing half picks over every factor of both grids (a factor in both is
+        # two trainings, each a candidate); decide and test chose nothing.
+        f, rel, recs = max(cands, key=lambda c: _mean_of(c[2], "val_acc") or -1.0)
+        picks[d] = f
+        both = [_mean_of(c[2], "val_acc") for c in cands if c[0] == 0.25]
+        if len(both) == 2:
+            twins.append(abs(both[0] - both[1]))
+        rows.append([f"{d:,}", *(pct(_mean_of(c[2], "val_acc")) for c in cands),
+                     f"x{f:g} ({label[rel]})", pct(_mean_of(recs, "decide_acc")),
+                     pct(_mean_of(recs, "test_acc")), len(recs)])
+    factors = sorted({f for f, _ in columns})
+    interior = all(factors[0] < f < factors[-1] for f in picks.values())
+    same = len(set(picks.values())) == 1
+    text = (f"The choosing half picks x{picks[ds[0]]:g} at every d here, " if same else
+            "The choosing half picks " + ", ".join(f"x{picks[d]:g} at d = {d:,}" for d in ds)
+            + ", ")
+    text += ("inside the factor grid: accuracy falls on both sides. " if interior else
+             "at an edge of the factor grid. ")
+    first = load(root, f"{SQRT_SHUFFLED}/summary.json")
+    lr = first["settings"]["subspace_lr"]
+    rule = importlib.import_module("subspace_jax.subspace").learning_rate
+    below = [(r["d"], r["learning_rate"] / float(rule(lr["rule"], lr["lr0"], r["d"], lr["d0"])))
+             for r in first["models"]["conv_subspace"]["curve"] if r["d"] < ds[0]]
+    if same and interior:
+        text += (f"So over d = {ds[0]:,}-{ds[-1]:,} the best rate follows the rule's "
+                 "sqrt(1 / d) with a constant factor")
+        larger = [(d, f) for d, f in below if f > picks[ds[0]] * 1.001]
+        text += ("; the first grid chose " + ", ".join(f"x{f:.2g} at d = {d:,}" for d, f in larger)
+                 + f", so below d = {ds[0]:,} the best rate falls faster than sqrt(1 / d). "
+                 if larger else ". ")
+    if twins:
+        text += (f"The x0.25 columns are the same runs trained inside different vmapped "
+                 "batches (other d's and factors beside them); their choosing-half means "
+                 f"differ by up to {100 * max(twins):.2f} points (a different compiled program, so "
+                 "different float rounding).")
+    head = [f"x{f:g} ({label[rel]})" for f, rel in columns]
+    return [
+        "### Below the factor grid's edge", "",
+        f"The same runs at d >= 1,600 with factors "
+        f"{{{', '.join(f'{f:g}' for f in low['settings']['subspace_lr']['factors'])}}}. "
+        "Each column is one factor's choosing-half accuracy (mean over the seeds, %); the "
+        "factor is chosen over both grids on that half, and its deciding-half and test "
+        f"accuracy are shown. Machine: {SQRT_LOW_MACHINE}. Data: "
+        f"`docs/results/{SQRT_LOW}/` and `docs/results/{SQRT_SHUFFLED}/` (`runs/*.json`: "
+        "every factor's runs).", "",
+        "```bash", SQRT_LOW_COMMAND, "```", "",
+        *table(["d", *head, "chosen", "decide acc %", "test acc %", "seeds"], rows,
+               "r" + "r" * len(head) + "lrrr"), "", text, ""]
 
 
 SQRT_SHUFFLED_MACHINE = ("the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-04, commit "
@@ -703,7 +796,7 @@ python tools/plot_intrinsic.py runs/intrinsic_dimension runs/intrinsic_dimension
              *rerun_section(cpu, by_kind, cpu_cfg)]
     body += pngs_of(root, CPU_RERUN) if cpu is not None else []
     body += beyond_random(root)
-    body += lr_rule_section(root)
+    body += lr_rule_section(root) + lr_low_section(root)
     for rel, title, rule, machine, s, cfg in superseded:
         body += rerun_section(s, by_kind, cfg, rel, title, rule, machine, easy_halves=True)
         body += pngs_of(root, rel)
