@@ -1,6 +1,6 @@
 """Accuracy vs random-subspace size d, for the conv (21,840) and FC (199,210) nets.
 
-    python launch.py --experiment=subspace_sweep            # default, 15 min on 2 Intel Xeon cores (2026-12-03)
+    python launch.py --experiment=subspace_sweep            # default, 13-15 min on 2 CPU cores
     python launch.py --experiment=subspace_sweep --quick    # seconds
 
 theta_D = theta0_D + P_Dxd omega_d with a dense Gaussian P (unit-norm columns),
@@ -15,7 +15,10 @@ the params of the best validation epoch are scored once on the test set.
 
 Cost: 902 s on a quiet 2-core Intel Xeon (2026-12-03, commit 2a2a6a8); the
 FC subspace unit takes 514 s of it, bound by reading its 199,210 x 1,000 P
-twice a step (~19 GB/s), the conv subspace unit 331 s.
+twice a step (~19 GB/s), the conv subspace unit 331 s. On the 2-core AMD
+EPYC (2026-12-04, commit 6402d84, alone but for a docs build): 806 s, the
+FC subspace unit 431 s, the conv subspace unit 307 s, the two full-space
+units 65 s (issue 12's target, 8 min, is missed by 5 min 26 s).
 Measured (2 seeds, 4 epochs; docs/results/subspace_sweep.md has the table),
 test accuracy: conv full 98.7%, d=1000 96.3%, d=300 91.6%, d=100 76.5%;
 FC full 97.4%, d=1000 91.5%, d=300 82.3%, d=100 62.8%. The subspace-nn
