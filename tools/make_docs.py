@@ -474,7 +474,9 @@ def beyond_random(root: str) -> list[str]:
            "information the d free parameters did not pay for: d is still what is counted. "
            "The per-layer run gives each leaf a sparse block (nnz = ceil(sqrt(n_l)) per "
            "column) instead of the conv table's dense ones, so it compares with the random "
-           f"sparse row; a dense per-layer P is about 10 min per epoch here. Runs: {machines}. "
+           f"sparse row (a dense global P costs about 10 min per epoch of the grid here, "
+           "estimated from 10-step slices; a dense per-layer one holds about 0.66 of it). "
+           f"Runs: {machines}. "
            "Data: each row's `summary.json`.", "",
            "```bash", BEYOND_COMMAND, "```", "",
            *table(BEYOND_HEADER, rows, "llrrrrl"), ""]
@@ -492,9 +494,11 @@ def beyond_random(root: str) -> list[str]:
     if layer in by:
         row, m = by[layer]
         est = m["d_int90"]
-        verb = lambda a, b: "rises" if a > b else "falls" if a < b else "stays"  # noqa: E731
-        moves = [f"{verb(est[b]['d'], d0[b]['d'])} from {d0[b]['d']:,} to {d_text(est[b])} ({b})"
-                 for b in ("global", "individual")]
+        moves = []
+        for b in ("global", "individual"):
+            new, old = est[b]["d"], d0[b]["d"]
+            verb = "rises" if new > old else "falls" if new < old else "stays"
+            moves.append(f"{verb} from {old:,} to {d_text(est[b])} ({b})")
         out += [f"Per-layer sparse blocks against one global sparse basis: d_int90 {moves[0]} "
                 f"and {moves[1]}; the floor at the smallest d is {row[5]} against "
                 f"{base_row[5]}.", ""]
@@ -553,6 +557,14 @@ SQRT_SHUFFLED_COMMAND = (
     "    --config.subspace_lr_rule=sqrt --config.subspace_lr_factors='(0.25,0.5,1.0)'")
 
 
+def chosen_factors(summary: dict) -> dict:
+    """d -> the lr factor the choosing half picked: the chosen lr over the run's own rule."""
+    lr = summary["settings"]["subspace_lr"]
+    rule = importlib.import_module("subspace_jax.subspace").learning_rate
+    return {r["d"]: r["learning_rate"] / float(rule(lr["rule"], lr["lr0"], r["d"], lr["d0"]))
+            for r in summary["models"]["conv_subspace"]["curve"]}
+
+
 def lr_rule_section(root: str) -> list[str]:
     """Shuffled-pixel conv: the sqrt learning-rate rule against the fixed rate."""
     if not exists(root, f"{SQRT_SHUFFLED}/summary.json"):
@@ -562,9 +574,7 @@ def lr_rule_section(root: str) -> list[str]:
     lr = s["settings"]["subspace_lr"]
     fixed = load(root, f"{FIXED_SHUFFLED}/summary.json")["models"]["conv_subspace"]
     old = {r["d"]: r for r in fixed["curve"]}
-    rule = importlib.import_module("subspace_jax.subspace").learning_rate  # the run's own rule
-    factor = {r["d"]: r["learning_rate"] / float(rule(lr["rule"], lr["lr0"], r["d"], lr["d0"]))
-              for r in m["curve"]}  # the chosen factor: the chosen lr over the rule's
+    factor = chosen_factors(s)
     rows = []
     for r in m["curve"]:
         o = old.get(r["d"])
@@ -634,7 +644,7 @@ SQRT_LOW_MACHINE = ("the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12
                     "on the CPU")
 
 
-def _factor_means(root: str, rel: str) -> dict:
+def _factor_records(root: str, rel: str) -> dict:
     """(d, factor) -> per-seed records of the committed grid unit of ``rel``
     (every factor's runs, not only the chosen one's)."""
     out: dict = {}
@@ -655,15 +665,14 @@ def lr_low_section(root: str) -> list[str]:
     factor chosen over both grids on the choosing half, every factor shown."""
     if not all(exists(root, f"{rel}/summary.json") for rel in (SQRT_LOW, SQRT_SHUFFLED)):
         return []
-    grids = [(rel, _factor_means(root, rel)) for rel in (SQRT_LOW, SQRT_SHUFFLED)]
+    grids = {rel: _factor_records(root, rel) for rel in (SQRT_LOW, SQRT_SHUFFLED)}
     low = load(root, f"{SQRT_LOW}/summary.json")
     ds = [r["d"] for r in low["models"]["conv_subspace"]["curve"]]
-    columns = sorted({(f, rel) for rel, g in grids for (d, f) in g if d in ds})
+    columns = sorted({(f, rel) for rel, g in grids.items() for (d, f) in g if d in ds})
     label = {SQRT_LOW: "low grid", SQRT_SHUFFLED: "first grid"}
     rows, picks, twins = [], {}, []
     for d in ds:
-        cands = [(f, rel, g[(d, f)]) for f, rel in columns for r_, g in grids
-                 if r_ == rel and (d, f) in g]
+        cands = [(f, rel, grids[rel][(d, f)]) for f, rel in columns if (d, f) in grids[rel]]
         # The choosing half picks over every factor of both grids (a factor in both is
         # two trainings, each a candidate); decide and test chose nothing.
         f, rel, recs = max(cands, key=lambda c: _mean_of(c[2], "val_acc") or -1.0)
@@ -682,11 +691,8 @@ def lr_low_section(root: str) -> list[str]:
             + ", ")
     text += ("inside the factor grid: accuracy falls on both sides. " if interior else
              "at an edge of the factor grid. ")
-    first = load(root, f"{SQRT_SHUFFLED}/summary.json")
-    lr = first["settings"]["subspace_lr"]
-    rule = importlib.import_module("subspace_jax.subspace").learning_rate
-    below = [(r["d"], r["learning_rate"] / float(rule(lr["rule"], lr["lr0"], r["d"], lr["d0"])))
-             for r in first["models"]["conv_subspace"]["curve"] if r["d"] < ds[0]]
+    below = [(d, f) for d, f in chosen_factors(load(root, f"{SQRT_SHUFFLED}/summary.json")).items()
+             if d < ds[0]]
     if same and interior:
         text += (f"So over d = {ds[0]:,}-{ds[-1]:,} the best rate follows the rule's "
                  "sqrt(1 / d) with a constant factor")
@@ -1155,8 +1161,8 @@ def golf_pruned(root: str) -> dict:
     return {"rows": rows, "nonzero": mean_sd(nz), "val": mean_sd(val), "test": mean_sd(test)}
 
 
-GOLF_RECORDS = ("golf/records", "golf/records_697", "golf/records_1936",
-                "golf/records_997")  # experiments/golf_records.py runs
+GOLF_RECORDS = ("golf/records", "golf/records_697", "golf/records_697_100ep",
+                "golf/records_1936", "golf/records_997")  # experiments/golf_records.py runs
 
 
 def golf_records_section(root: str) -> list[str]:
@@ -1169,7 +1175,9 @@ def golf_records_section(root: str) -> list[str]:
     experiment = importlib.import_module("experiments.golf_records")  # its own text
     merged = {"recipes": {}, "failed_units": [], "prune_command": runs[0][1]["prune_command"]}
     for _, s in runs:
-        merged["recipes"].update(s["recipes"])
+        for name, r in s["recipes"].items():  # a recipe run twice: its budget names the row
+            merged["recipes"][name if name not in merged["recipes"] else
+                              f"{name}, {r['train']['epochs']} epochs"] = r
         merged["failed_units"] += s["failed_units"]
     missing = [r for r in experiment.RECIPES if r not in merged["recipes"]]
     seeds = "; ".join(f"`docs/results/{rel}/summary.json` (seeds "
@@ -1304,6 +1312,9 @@ python launch.py --experiment=golf_prune --config.model_file=runs/golf_records/h
 python launch.py --experiment=golf_records --config.recipes='("joshwarn_697",)' \\
     --config.seeds='(0,1,2,3,4,5)' --config.train.joshwarn_697.epochs=40 \\
     --workdir=runs/golf_records_697            # -> docs/results/golf/records_697/
+# the 697 net at its default 100-epoch budget (5 seeds, padded to 6; 31 min, AMD EPYC)
+python launch.py --experiment=golf_records --config.recipes='("joshwarn_697",)' \\
+    --workdir=runs/golf_records_697_100ep      # -> docs/results/golf/records_697_100ep/
 # the 1,936 shared net (20 epochs, 27 min, Intel Xeon) and the 997 net (60 epochs, 19 min, AMD EPYC)
 python launch.py --experiment=golf_records --config.recipes='("shared_1936",)' \\
     --workdir=runs/golf_records_1936           # -> docs/results/golf/records_1936/
