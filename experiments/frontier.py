@@ -82,7 +82,8 @@ INTRINSIC = ("gpu_h100/intrinsic_dimension", "gpu_h100/intrinsic_dimension_spars
 GOLF = (("gpu_golf", "previous"), ("gpu_golf_600", "previous"), ("golf_ref_space", "previous"),
         ("golf_ref_space_16ep", "previous"), ("current_ref_space_16ep", "current"),
         ("gmp450_aug", "current"))
-GOLF_RECORDS = ("records", "records_697", "records_997", "records_1936")  # golf_records runs
+GOLF_RECORDS = ("records", "records_697", "records_697_100ep", "records_997",
+                "records_1936")  # golf_records runs
 GOLF_PRUNE_SEEDS = (0, 1, 2)          # the seeds of the final golf recipe that were pruned
 GOLF_PRUNE_ARMS = ("brute_force", "magnitude", "magnitude+finetune", "obd", "obd+finetune")
 STUDENT_NOISE = "gaussian"  # memorization's first noise kind: chosen before any result, not on one

@@ -57,6 +57,8 @@ def test_golf_records_points_are_the_re_trained_recipes():
     assert p997["test_acc_mean"] == pytest.approx(0.98704, abs=1e-6)
     assert p997["protocol"] == "current" and p997["on_frontier"]
     assert by_name["shared_1936"]["free_params"] == 1936  # its shared layer counted once
+    budgets = {p["budget"] for p in points if p["label"].startswith("joshwarn_697,")}
+    assert budgets == {"40 epochs", "100 epochs"}  # two budgets: two points, not one chosen
 
 
 def _hand_made_results(tmp_path):

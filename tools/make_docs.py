@@ -1204,7 +1204,8 @@ def golf_goals(root: str) -> list[str]:
         if exists(root, f"{rel}/summary.json"):
             for name, r in load(root, f"{rel}/summary.json")["recipes"].items():
                 c = r["chosen"]
-                points.append((f"{name} (published recipe, golf_records)", c["nonzero_params"],
+                points.append((f"{name}, {r['train']['epochs']} epochs (published recipe, "
+                               "golf_records)", c["nonzero_params"],
                                c["test_acc"], r["test_acc_mean"], r["test_acc_sd"], r["ok"], rel,
                                c["decide_acc"]))
     if not points:
