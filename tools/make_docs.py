@@ -648,9 +648,9 @@ def _factor_records(root: str, rel: str) -> dict:
     """(d, factor) -> per-seed records of the committed grid unit of ``rel``
     (every factor's runs, not only the chosen one's)."""
     out: dict = {}
-    for name in sorted(os.listdir(os.path.join(root, RESULTS, rel, "runs"))):
-        if "_grid_" in name:
-            for r in load(root, f"{rel}/runs/{name}")["records"]:
+    for name in sorted(os.listdir(os.path.join(root, RESULTS, rel, "units"))):
+        if "_grid_" in name:  # a copy of the run's runs/<unit>.json (runs/ is git-ignored)
+            for r in load(root, f"{rel}/units/{name}")["records"]:
                 out.setdefault((r["d"], r["lr_factor"]), []).append(r)
     return out
 
@@ -713,8 +713,8 @@ def lr_low_section(root: str) -> list[str]:
         "Each column is one factor's choosing-half accuracy (mean over the seeds, %); the "
         "factor is chosen over both grids on that half, and its deciding-half and test "
         f"accuracy are shown. Machine: {SQRT_LOW_MACHINE}. Data: "
-        f"`docs/results/{SQRT_LOW}/` and `docs/results/{SQRT_SHUFFLED}/` (`runs/*.json`: "
-        "every factor's runs).", "",
+        f"`docs/results/{SQRT_LOW}/` and `docs/results/{SQRT_SHUFFLED}/` (`units/*.json`: "
+        "every factor's runs, copied from each workdir's `runs/`).", "",
         "```bash", SQRT_LOW_COMMAND, "```", "",
         *table(["d", *head, "chosen", "decide acc %", "test acc %", "seeds"], rows,
                "r" + "r" * len(head) + "lrrr"), "", text, ""]
