@@ -673,14 +673,15 @@ def lr_low_section(root: str) -> list[str]:
     rows, picks, twins = [], {}, []
     for d in ds:
         cands = [(f, rel, grids[rel][(d, f)]) for f, rel in columns if (d, f) in grids[rel]]
+        choose = {(f, rel): _mean_of(recs, "val_acc") for f, rel, recs in cands}
         # The choosing half picks over every factor of both grids (a factor in both is
         # two trainings, each a candidate); decide and test chose nothing.
-        f, rel, recs = max(cands, key=lambda c: _mean_of(c[2], "val_acc") or -1.0)
+        f, rel, recs = max(cands, key=lambda c: -1.0 if choose[c[:2]] is None else choose[c[:2]])
         picks[d] = f
-        both = [_mean_of(c[2], "val_acc") for c in cands if c[0] == 0.25]
-        if len(both) == 2:
-            twins.append(abs(both[0] - both[1]))
-        rows.append([f"{d:,}", *(pct(_mean_of(c[2], "val_acc")) for c in cands),
+        for twin in {f for f, _ in choose if sum(g == f for g, _ in choose) == 2}:
+            a, b = (v for (g, _), v in choose.items() if g == twin)
+            twins.append((twin, abs(a - b)))
+        rows.append([f"{d:,}", *(pct(choose[c[:2]]) for c in cands),
                      f"x{f:g} ({label[rel]})", pct(_mean_of(recs, "decide_acc")),
                      pct(_mean_of(recs, "test_acc")), len(recs)])
     factors = sorted({f for f, _ in columns})
@@ -701,10 +702,11 @@ def lr_low_section(root: str) -> list[str]:
                  + f", so below d = {ds[0]:,} the best rate falls faster than sqrt(1 / d). "
                  if larger else ". ")
     if twins:
-        text += (f"The x0.25 columns are the same runs trained inside different vmapped "
+        shared = ", ".join(f"x{f:g}" for f in sorted({f for f, _ in twins}))
+        text += (f"The {shared} columns are the same runs trained inside different vmapped "
                  "batches (other d's and factors beside them); their choosing-half means "
-                 f"differ by up to {100 * max(twins):.2f} points (a different compiled program, so "
-                 "different float rounding).")
+                 f"differ by up to {100 * max(gap for _, gap in twins):.2f} points (a different "
+                 "compiled program, so different float rounding).")
     head = [f"x{f:g} ({label[rel]})" for f, rel in columns]
     return [
         "### Below the factor grid's edge", "",
@@ -977,8 +979,8 @@ def memorization_curve(root: str) -> list[str]:
                 f"Data: `docs/results/{rel}/labels_<share>/summary.json`.", "",
                 "```bash", command, "```", "",
                 *table(["random share", "d_int90 [crossing's 90% CI]", "crossing",
-                        "full-space train acc %", "train acc % at d_int90", "test acc % at d_int90", "seeds", "diverged"],
-                       rows, "lrrrrrrr"), ""]
+                        "full-space train acc %", "train acc % at d_int90",
+                        "test acc % at d_int90", "seeds", "diverged"], rows, "lrrrrrrr"), ""]
         crossings = ", ".join(f"{r[2]} at share {r[0]}" for r in rows)
         out += [f"The interpolated crossing: {crossings}. The search is coarse (one bisection "
                 "round of two points per share), so the smallest measured d is a loose upper "
@@ -1426,8 +1428,8 @@ def interpret(root: str) -> str:
                  f"(joshwarn_997 re-trained under this protocol), seed {chosen['seed']}, chosen "
                  f"on the choosing validation half (`docs/results/golf/records_997/"
                  f"joshwarn_997.npz`, {pct(chosen['test_acc'])}% test; the model the golf page "
-                 "names for the goal of 99% with at most 1,000 parameters; `python launch.py --experiment=interpret "
-                 "--config.model_file=docs/results/golf/records_997/joshwarn_997.npz`, 69 s on "
+                 "names for the goal of 99% with at most 1,000 parameters; "
+                 "`python launch.py --experiment=interpret --config.model_file=docs/results/golf/records_997/joshwarn_997.npz`, 69 s on "
                  "the 2-core AMD EPYC CPU, 2026-12-04, shared with a training run):", "",
                  figure("golf997_interpret_first_layer.png", "first layer, 997 params"),
                  figure("golf997_interpret_class_feature_means.png",
