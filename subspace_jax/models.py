@@ -9,7 +9,15 @@ Convolutions are written as patches-by-slicing plus one matmul, and max-pool
 as reshape-and-max: on XLA's CPU backend this trains the 21,840-parameter
 conv net about 6x faster than ``lax.conv_general_dilated`` (see
 ``benchmarks/conv_formulations.py``). Depthwise convs are a sum of k*k
-shifted slices times per-channel weights, for the same reason.
+shifted slices times per-channel weights, for the same reason. Inside a
+model the conv stack runs channel-major (C x N x H x W, ``conv_impl='cnhw'``):
+the patch matrix is then KKC x NHW, so the forward matmul and both gradient
+matmuls keep N*H*W as the contiguous axis, and XLA hands all three to its
+fast matmul path instead of a transposed one. Max-pool goes before the bias
+and a monotone activation (the same values, on a quarter of the elements).
+On the 2-core AMD EPYC (2026-12-05) this trained the conv net at ~21,500
+images/s against ~12,200 for the NHWC form, 1.77x; parameters and exports are
+unchanged (weights stay K x K x C x O; flatten still orders features h, w, c).
 
 ``mlp`` and ``cnn`` models carry ``arch``, the layer list that
 ``subspace_jax/export.py`` writes and ``from_arch`` runs again; ``cnn``
@@ -84,6 +92,35 @@ def maxpool2(x_NHWC):
     h2, w2 = h // 2, w // 2
     x = x_NHWC[:, :2 * h2, :2 * w2]
     return x.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def conv2d_cnhw(x_CNHW, w_KKCO, b_O=None):
+    """``conv2d`` in the channel-major C x N x H x W layout (see the module doc):
+    k*k slices stacked on a leading axis, then O x KKC @ KKC x NHW."""
+    k, _, c, o = w_KKCO.shape
+    _, n, height, width = x_CNHW.shape
+    h, w = height - k + 1, width - k + 1
+    # Patch row order (i, j, c) matches w.reshape(k*k*C, O).
+    patches_PxM = jnp.stack([x_CNHW[:, :, i:i + h, j:j + w]
+                             for i in range(k) for j in range(k)]).reshape(k * k * c, n * h * w)
+    y = (w_KKCO.reshape(-1, o).T @ patches_PxM).reshape(o, n, h, w)
+    return y if b_O is None else y + b_O[:, None, None, None]
+
+
+def depthwise2d_cnhw(x_CNHW, w_KKC, b_C):
+    """``depthwise2d`` in the C x N x H x W layout."""
+    k = w_KKC.shape[0]
+    h, w = x_CNHW.shape[2] - k + 1, x_CNHW.shape[3] - k + 1
+    y = sum(x_CNHW[:, :, i:i + h, j:j + w] * w_KKC[i, j][:, None, None, None]
+            for i in range(k) for j in range(k))
+    return y + jnp.asarray(b_C).reshape(-1, 1, 1, 1)
+
+
+def maxpool2_cnhw(x_CNHW):
+    """``maxpool2`` in the C x N x H x W layout."""
+    c, n, h, w = x_CNHW.shape
+    h2, w2 = h // 2, w // 2
+    return x_CNHW[:, :, :2 * h2, :2 * w2].reshape(c, n, h2, 2, w2, 2).max(axis=(3, 5))
 
 
 def prelu(x, slope_C):
@@ -265,7 +302,62 @@ def _forward_layer(layer: dict, p, h, conv_impl: str = "slice"):
     return maxpool2(h) if layer.get("pool") else h
 
 
-def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "slice") -> Model:
+def _pool_commutes(layer: dict) -> bool:
+    """Whether max-pool may go before this layer's bias and activation: true for
+    monotone non-decreasing ones with no batch norm (max(relu(x + b)) =
+    relu(max(x) + b) exactly, also in floats). PReLU slopes are learned and may
+    turn negative, so PReLU keeps activation-then-pool."""
+    activation = layer.get("activation", "none")
+    return not layer.get("bn") and (activation in ("relu", "none") or (
+        activation == "leaky_relu" and float(layer["alpha"]) >= 0))
+
+
+def _forward_layer_cnhw(layer: dict, p, h):
+    """``_forward_layer`` with 4-D activations in the C x N x H x W layout; flatten
+    and gap return the N x F features (h, w, c order), as the NHWC form does."""
+    kind = layer["kind"]
+    if h.ndim != 4:  # past flatten: the NHWC form serves
+        return _forward_layer(layer, p, h)
+    if kind == "flatten":
+        return h.transpose(1, 2, 3, 0).reshape(h.shape[1], -1)
+    if kind == "gap":
+        return h.mean(axis=(2, 3)).T
+    if kind == "maxpool":
+        return maxpool2_cnhw(h)
+    if kind == "instance_norm":  # per sample: the batch is axis 1 here
+        axes = (0, 2, 3)
+        mean = h.mean(axis=axes, keepdims=True)
+        sd = jnp.std(h, axis=axes, keepdims=True, ddof=1)
+        return (h - mean) / (sd + IN_EPS) * p["scale"] + p["shift"]
+    if kind == "dense":  # on a 4-D input: acts on channels, as in NHWC
+        return _forward_layer(layer, p, h.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    if kind in ("conv", "depthwise") and layer.get("padding", "valid") == "same":
+        k = int(layer["kernel"])
+        h = jnp.pad(h, ((0, 0), (0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2)))
+    if kind == "depthwise":  # "bias": false (Keras' SeparableConv2D): no depthwise bias
+        h = depthwise2d_cnhw(h, p["w"], p.get("b", 0.0))
+    else:
+        pool_first = layer.get("pool") and _pool_commutes(layer)
+        h = conv2d_cnhw(h, p["w"])
+        if pool_first:
+            h = maxpool2_cnhw(h)
+        h = h + p["b"][:, None, None, None]
+        if layer.get("bn"):  # training form: statistics over N, H, W
+            mean = h.mean(axis=(1, 2, 3), keepdims=True)
+            var = ((h - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+            h = (h - mean) * (p["gamma"][:, None, None, None] * lax.rsqrt(var + BN_EPS)) \
+                + p["beta"][:, None, None, None]
+        if pool_first:
+            return _activate(h, layer, p)
+    slope = p.get("slope") if isinstance(p, dict) else None
+    if layer.get("activation") == "prelu":
+        h = jnp.where(h >= 0, h, slope[:, None, None, None] * h)
+    else:
+        h = _activate(h, layer, p)
+    return maxpool2_cnhw(h) if layer.get("pool") else h
+
+
+def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "cnhw") -> Model:
     """The Model that runs an export layer list, in order (the semantics of each
     kind are in ``tools/check_model.py``). Init: one key per layer with
     parameters, split from the root key in layer order; PReLU slopes start at 0.25,
@@ -320,6 +412,11 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
 
     def apply(params, x):
         h = x.reshape(x.shape[0], *in_shape)
+        if conv_impl == "cnhw" and h.ndim == 4:
+            h = h.transpose(3, 0, 1, 2)
+            for layer in layers:
+                h = _forward_layer_cnhw(layer, params.get(layer.get("name")), h)
+            return h.transpose(1, 2, 3, 0) if h.ndim == 4 else h
         for layer in layers:
             h = _forward_layer(layer, params.get(layer.get("name")), h, conv_impl)
         return h
@@ -330,7 +427,7 @@ def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "sli
 def cnn(name: str, channels: Sequence[int], kernels: Sequence[int],
         pools: Sequence[bool], hidden: Sequence[int] = (), activation: str = "relu",
         n_out: int = MNIST_CLASSES, in_size: int = 28, in_channels: int = 1,
-        conv_impl: str = "slice", separable: bool = False, gap: bool = False,
+        conv_impl: str = "cnhw", separable: bool = False, gap: bool = False,
         bn: bool = False) -> Model:
     """VALID convs (optionally pooled), then dense layers, then ``n_out`` logits.
 

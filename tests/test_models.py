@@ -46,6 +46,47 @@ def test_slice_conv_equals_lax_conv():
                                rtol=1e-5, atol=1e-5)
 
 
+CNHW_ARCHS = {  # every layer kind and option the channel-major path handles
+    "relu, pooled": dict(channels=(3, 4), kernels=(3, 3), pools=(True, True)),
+    "prelu": dict(channels=(3, 4), kernels=(3, 2), pools=(True, False), activation="prelu"),
+    "separable, gap": dict(channels=(3, 4), kernels=(3, 3), pools=(True, False),
+                           separable=True, gap=True),
+    "batch norm": dict(channels=(3, 4), kernels=(3, 3), pools=(True, True), bn=True),
+}
+
+
+def _extra_layers_arch():
+    """same padding, leaky ReLU, instance norm, a lone maxpool and no-bias depthwise."""
+    return {"input_shape": [12, 12, 1], "layers": [
+        {"kind": "conv", "name": "c0", "kernel": 3, "in": 1, "out": 3, "padding": "same",
+         "activation": "leaky_relu", "alpha": 0.1, "pool": True},
+        {"kind": "instance_norm", "name": "n0"},
+        {"kind": "depthwise", "name": "d1", "kernel": 2, "channels": 3, "bias": False},
+        {"kind": "maxpool"},
+        {"kind": "flatten"},
+        {"kind": "dense", "name": "f", "in": 12, "out": 10, "activation": "none"}]}
+
+
+@pytest.mark.parametrize("kind", [*CNHW_ARCHS, "extra layers"])
+def test_channel_major_layout_matches_nhwc(kind):
+    """The default C x N x H x W conv stack (pool before a monotone activation)
+    gives the NHWC slice form's logits and gradients to float rounding."""
+    if kind == "extra layers":
+        arch = _extra_layers_arch()
+        fast, ref = (models._layers_model("m", arch, "", impl) for impl in ("cnhw", "slice"))
+        x = jax.random.normal(jax.random.key(4), (5, 12, 12, 1))
+    else:
+        fast, ref = (models.cnn("m", conv_impl=impl, in_size=14, **CNHW_ARCHS[kind])
+                     for impl in ("cnhw", "slice"))
+        x = jax.random.normal(jax.random.key(4), (5, 14, 14, 1))
+    params = fast.init(jax.random.key(5))
+    np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    loss = lambda m: (lambda p: (m.apply(p, x) ** 2).sum())
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(fast))(params)),
+                    jax.tree.leaves(jax.grad(loss(ref))(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_maxpool_equals_reduce_window_floor_mode():
     x = jax.random.normal(jax.random.key(2), (2, 7, 9, 3))
     ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
