@@ -1589,7 +1589,13 @@ def script(path: str):
     return module
 
 
-EARLIER_THROUGHPUT = ("throughput_xeon_2026-12-03.json",)  # kept: the processor changes
+EARLIER_THROUGHPUT = (  # file, why it is kept
+    ("throughput_amd_2026-12-04.json",
+     "Before the models' conv stack ran channel-major (C x N x H x W, `subspace_jax/models.py` "
+     "module doc), on the same AMD EPYC machine"),
+    ("throughput_xeon_2026-12-03.json",
+     "On another processor, before the 5-seed rows existed and before the channel-major "
+     "conv stack"))
 PADDING = ("padded to 6", "vmapped on one device")  # the two 5-seed rows' name endings
 
 
@@ -1631,13 +1637,12 @@ def throughput(root: str) -> str:
                                     else "All ratio targets met.")
              + (" Vmapped rows slower than one run: " + "; ".join(slower) + "." if slower
                 else "")]
-    for rel in EARLIER_THROUGHPUT:
+    for rel, why in EARLIER_THROUGHPUT:
         with open(os.path.join(root, "benchmarks", "results", rel)) as f:
             earlier = json.load(f)
-        lines += ["", f"## An earlier run on another processor ({earlier['cpu']}, "
-                      f"{earlier['date']})", "",
-                  f"The same benchmark before the 5-seed rows existed (`benchmarks/results/{rel}`"
-                  "); its ratios were measured in its own run, so they compare within it only.",
+        lines += ["", f"## An earlier run ({earlier['cpu']}, {earlier['date']})", "",
+                  f"{why} (`benchmarks/results/{rel}`); its ratios were measured in its own "
+                  "run, so they compare within it only.",
                   "", bench.markdown(earlier).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
