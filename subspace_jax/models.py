@@ -199,10 +199,10 @@ TRAINABLE_KINDS = ("conv", "depthwise", "dense", "instance_norm")
 IN_EPS = 1e-5  # instance_norm: added to the standard deviation
 
 
-def instance_norm(h, scale_1, shift_1):
+def instance_norm(h, scale_1, shift_1, batch_axis: int = 0):
     """Each sample standardised over all its values (every axis but the batch; sd
     with n - 1), then one learned scale and shift: 2 parameters per layer."""
-    axes = tuple(range(1, h.ndim))
+    axes = tuple(a for a in range(h.ndim) if a != batch_axis)
     mean = h.mean(axis=axes, keepdims=True)
     sd = jnp.std(h, axis=axes, keepdims=True, ddof=1)
     return (h - mean) / (sd + IN_EPS) * scale_1 + shift_1
@@ -230,10 +230,11 @@ def pad_same(x_NHWC, k: int):
 BN_EPS = 1e-5
 
 
-def moments(h_NHWC):
-    """Per-channel mean and (biased) variance over batch and space."""
-    mean = h_NHWC.mean(axis=(0, 1, 2))
-    return mean, ((h_NHWC - mean) ** 2).mean(axis=(0, 1, 2))
+def moments(h_NHWC, axes=(0, 1, 2)):
+    """Per-channel mean and (biased) variance over batch and space (``axes``)."""
+    mean = h_NHWC.mean(axis=axes, keepdims=True)
+    var = ((h_NHWC - mean) ** 2).mean(axis=axes, keepdims=True)
+    return mean.reshape(-1), var.reshape(-1)
 
 
 def batch_norm(h_NHWC, gamma_C, beta_C, mean_C, var_C):
@@ -326,10 +327,7 @@ def _forward_layer_cnhw(layer: dict, p, h):
     if kind == "maxpool":
         return maxpool2_cnhw(h)
     if kind == "instance_norm":  # per sample: the batch is axis 1 here
-        axes = (0, 2, 3)
-        mean = h.mean(axis=axes, keepdims=True)
-        sd = jnp.std(h, axis=axes, keepdims=True, ddof=1)
-        return (h - mean) / (sd + IN_EPS) * p["scale"] + p["shift"]
+        return instance_norm(h, p["scale"], p["shift"], batch_axis=1)
     if kind == "dense":  # on a 4-D input: acts on channels, as in NHWC
         return _forward_layer(layer, p, h.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     if kind in ("conv", "depthwise") and layer.get("padding", "valid") == "same":
@@ -344,15 +342,13 @@ def _forward_layer_cnhw(layer: dict, p, h):
             h = maxpool2_cnhw(h)
         h = h + p["b"][:, None, None, None]
         if layer.get("bn"):  # training form: statistics over N, H, W
-            mean = h.mean(axis=(1, 2, 3), keepdims=True)
-            var = ((h - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
-            h = (h - mean) * (p["gamma"][:, None, None, None] * lax.rsqrt(var + BN_EPS)) \
-                + p["beta"][:, None, None, None]
+            col = lambda v: v[:, None, None, None]  # noqa: E731  per channel, axis 0
+            mean, var = moments(h, axes=(1, 2, 3))
+            h = batch_norm(h, col(p["gamma"]), col(p["beta"]), col(mean), col(var))
         if pool_first:
             return _activate(h, layer, p)
-    slope = p.get("slope") if isinstance(p, dict) else None
     if layer.get("activation") == "prelu":
-        h = jnp.where(h >= 0, h, slope[:, None, None, None] * h)
+        h = prelu(h, p["slope"][:, None, None, None])
     else:
         h = _activate(h, layer, p)
     return maxpool2_cnhw(h) if layer.get("pool") else h
