@@ -95,17 +95,17 @@ def maxpool2(x_NHWC):
     return x.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
 
 
-def conv2d_cnhw(x_CNHW, w_KKCO, b_O=None):
+def conv2d_cnhw(x_CNHW, w_KKCO):
     """``conv2d`` in the channel-major C x N x H x W layout (see the module doc):
-    k*k slices stacked on a leading axis, then O x KKC @ KKC x NHW."""
+    k*k slices stacked on a leading axis, then O x KKC @ KKC x NHW (no bias: the
+    caller adds it, after a pool where the pool commutes)."""
     k, _, c, o = w_KKCO.shape
     _, n, height, width = x_CNHW.shape
     h, w = height - k + 1, width - k + 1
     # Patch row order (i, j, c) matches w.reshape(k*k*C, O).
     patches_PxM = jnp.stack([x_CNHW[:, :, i:i + h, j:j + w]
                              for i in range(k) for j in range(k)]).reshape(k * k * c, n * h * w)
-    y = (w_KKCO.reshape(-1, o).T @ patches_PxM).reshape(o, n, h, w)
-    return y if b_O is None else y + b_O[:, None, None, None]
+    return (w_KKCO.reshape(-1, o).T @ patches_PxM).reshape(o, n, h, w)
 
 
 def depthwise2d_cnhw(x_CNHW, w_KKC, b_C):
@@ -221,10 +221,11 @@ def _activate(h, layer: dict, p):
     return jax.nn.relu(h) if activation == "relu" else h
 
 
-def pad_same(x_NHWC, k: int):
+def pad_same(x_NHWC, k: int, spatial=(1, 2)):
     """Zero padding for a stride-1 'same' convolution of kernel ``k``: ``(k - 1) // 2``
     rows/columns before, ``k // 2`` after (TensorFlow's rule), so H stays H."""
-    return jnp.pad(x_NHWC, ((0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2), (0, 0)))
+    pads = [((k - 1) // 2, k // 2) if a in spatial else (0, 0) for a in range(x_NHWC.ndim)]
+    return jnp.pad(x_NHWC, pads)
 
 
 BN_EPS = 1e-5
@@ -331,8 +332,8 @@ def _forward_layer_cnhw(layer: dict, p, h):
     if kind == "dense":  # on a 4-D input: acts on channels, as in NHWC
         return _forward_layer(layer, p, h.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     if kind in ("conv", "depthwise") and layer.get("padding", "valid") == "same":
-        k = int(layer["kernel"])
-        h = jnp.pad(h, ((0, 0), (0, 0), ((k - 1) // 2, k // 2), ((k - 1) // 2, k // 2)))
+        h = pad_same(h, int(layer["kernel"]), spatial=(2, 3))
+    pool_first = False
     if kind == "depthwise":  # "bias": false (Keras' SeparableConv2D): no depthwise bias
         h = depthwise2d_cnhw(h, p["w"], p.get("b", 0.0))
     else:
@@ -345,13 +346,11 @@ def _forward_layer_cnhw(layer: dict, p, h):
             col = lambda v: v[:, None, None, None]  # noqa: E731  per channel, axis 0
             mean, var = moments(h, axes=(1, 2, 3))
             h = batch_norm(h, col(p["gamma"]), col(p["beta"]), col(mean), col(var))
-        if pool_first:
-            return _activate(h, layer, p)
-    if layer.get("activation") == "prelu":
+    if layer.get("activation") == "prelu":  # never pool-first
         h = prelu(h, p["slope"][:, None, None, None])
     else:
         h = _activate(h, layer, p)
-    return maxpool2_cnhw(h) if layer.get("pool") else h
+    return maxpool2_cnhw(h) if layer.get("pool") and not pool_first else h
 
 
 def _layers_model(name: str, arch: dict, description: str, conv_impl: str = "cnhw") -> Model:
