@@ -151,24 +151,29 @@ def test_regenerated_custom_vjp_equals_autodiff_of_materialised():
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "fastfood", "regenerated:block=5", "subspace_nn",
-                                  "per_layer"])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "fastfood", "regenerated:block=5",
+                                  "subspace_nn", "per_layer"])
 def test_vmap_over_projection_seeds_equals_loop(kind):
     keys = jax.random.split(jax.random.key(12), 3)
     omega_3xd = normal(13, 3, d)
     t0 = theta0()
     f = lambda k, w: jax.value_and_grad(lambda w: loss(t0 + project_fn(kind, k)(w)))(w)
 
-    @jit  # the loops are lax.map (one run at a time); one compile for all four
+    @jit  # the loops are lax.map (one run at a time); one compile for all
     def all_ways(keys, omega_3xd):
         shared = lambda w: f(keys[0], w)
+        runs = lambda k: jax.vmap(lambda w: f(k, w))(omega_3xd)  # 3 runs on each seed's P
         return (jax.vmap(f)(keys, omega_3xd), lax.map(lambda kw: f(*kw), (keys, omega_3xd)),
-                jax.vmap(shared)(omega_3xd), lax.map(shared, omega_3xd))
+                jax.vmap(shared)(omega_3xd), lax.map(shared, omega_3xd),
+                jax.vmap(runs)(keys), lax.map(lambda k: lax.map(lambda w: f(k, w), omega_3xd),
+                                              keys))
 
-    vmapped, looped, vmapped_shared, looped_shared = all_ways(keys, omega_3xd)
-    # Per-seed keys; and one key shared by all runs (the d_active runs of a sweep,
-    # where P is built once and omega is batched).
-    for a, b in ((vmapped, looped), (vmapped_shared, looped_shared)):
+    vmapped, looped, vmapped_shared, looped_shared, nested, nested_looped = all_ways(
+        keys, omega_3xd)
+    # Per-seed keys; one key shared by all runs (the d_active runs of a sweep,
+    # where P is built once and omega is batched: dense has its own vmap rule
+    # there); and both at once (seeds x runs).
+    for a, b in ((vmapped, looped), (vmapped_shared, looped_shared), (nested, nested_looped)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(vmapped[1][0], vmapped[1][1])  # the seeds differ
