@@ -219,9 +219,8 @@ def intrinsic_dimension(root: str) -> list[dict]:
     return out
 
 
-SWEEP_BUDGET = "4 epochs"   # its config.json is not committed; the experiment's default
 # (summary, protocol) of each committed subspace_sweep run
-SWEEPS = (("subspace_sweep_summary.json", "previous"),
+SWEEPS = (("cpu/subspace_sweep/summary.json", "current"),
           ("cpu/subspace_sweep_conv_long/summary.json", "current"))
 
 
@@ -229,7 +228,7 @@ def subspace_sweep(root: str) -> list[dict]:
     out = []
     for rel, protocol in SWEEPS:
         s = read(root, rel)
-        where = {"source": rel, "budget": f"{s['epochs']} epochs" if "epochs" in s else SWEEP_BUDGET,
+        where = {"source": rel, "budget": f"{s['epochs']} epochs",
                  "protocol": protocol, "choose_key": "val_acc_mean"}
         for name, m in s["models"].items():
             for r in m["subspace"]:

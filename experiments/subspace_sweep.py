@@ -1,6 +1,6 @@
 """Accuracy vs random-subspace size d, for the conv (21,840) and FC (199,210) nets.
 
-    python launch.py --experiment=subspace_sweep            # default, 13-15 min on 2 CPU cores
+    python launch.py --experiment=subspace_sweep            # default, ~9 min on 2 CPU cores
     python launch.py --experiment=subspace_sweep --quick    # seconds
 
 theta_D = theta0_D + P_Dxd omega_d with a dense Gaussian P (unit-norm columns),
@@ -13,16 +13,19 @@ lr 0.05, batch 128 (lr from a 1-epoch pilot on the validation split over
 each d gets the one with the best mean validation accuracy). 4 epochs;
 the params of the best validation epoch are scored once on the test set.
 
-Cost: 902 s on a quiet 2-core Intel Xeon (2026-12-03, commit 2a2a6a8); the
-FC subspace unit takes 514 s of it, bound by reading its 199,210 x 1,000 P
-twice a step (~19 GB/s), the conv subspace unit 331 s. On the 2-core AMD
-EPYC (2026-12-04, commit 6402d84, alone but for a docs build): 806 s, the
-FC subspace unit 431 s, the conv subspace unit 307 s, the two full-space
-units 65 s (issue 12's target, 8 min, is missed by 5 min 26 s).
-Measured (2 seeds, 4 epochs; docs/results/subspace_sweep.md has the table),
-test accuracy: conv full 98.7%, d=1000 96.3%, d=300 91.6%, d=100 76.5%;
-FC full 97.4%, d=1000 91.5%, d=300 82.3%, d=100 62.8%. The subspace-nn
-write-up reported after 100 epochs on the conv net: full 99.0%, d=1000 93.5%.
+Cost: 542 s (9 min 2 s) on the 2-core AMD EPYC (2026-12-05, commit 7709858,
+alone): conv full 30 s, conv subspace 174 s, FC full 18 s, FC subspace 315 s.
+The FC subspace unit is bound by reading its 199,210 x 1,000 P twice a step
+(~0.8 GB each; one core already saturates this machine's ~19 GB/s, so the
+second device does not help it): at that bandwidth its floor is ~265 s. The
+same job took 717 s that morning before the dense projection's vmap rule
+(subspace.py) and 806 s on 2026-12-04 before the channel-major conv stack;
+issue 12's target, 8 min, is missed by 1 min 2 s.
+Measured (2 seeds, 4 epochs, current protocol; docs/results/subspace_sweep.md
+has the table), test accuracy: conv full 98.7%, d=1000 95.8%, d=300 91.5%,
+d=100 76.5%; FC full 97.4%, d=1000 91.7%, d=300 82.3%, d=100 63.0%. The
+subspace-nn write-up reported after 100 epochs on the conv net: full 99.0%,
+d=1000 93.5%.
 
 Any projection kind (``subspace.PROJECTIONS``) and the learning-rate rule
 (``subspace_lr_rule``: fixed | sqrt, lr(d) = lr0 min(1, sqrt(d0 / d)) with d0

@@ -210,7 +210,8 @@ def dense_projection(key, D: int, d: int, dtype=jnp.float32):
 # ms as Omega_Rxd @ P^T (vmap's own form); the transpose 46-49 ms with G laid
 # out D x R and 87 ms with G_RxD. So under vmap (P not batched) both put the
 # small operand run-minor; an optimization barrier keeps XLA from folding the
-# transposes back. Elsewhere (P batched too, no vmap) plain jnp.
+# transposes back. Elsewhere (P batched too, no vmap) plain jnp. The default
+# subspace_sweep's FC subspace unit went from 487 s to 315 s with it.
 def _batched_over_runs(plain, runs_RxN):
     """``plain(P, x)`` with a vmap rule for runs ``x`` over one P: ``runs_RxN(P, X_NxR)``
     gets them run-minor (an optimization barrier keeps XLA from folding it back)."""

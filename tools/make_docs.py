@@ -66,8 +66,9 @@ H100 = ("a lent NVIDIA H100 80GB, jax 0.11.2 with CUDA, 2026-11-22, commit `2e09
         "runs shared the GPU, so wall times are upper bounds")
 CPU = "this project's 2-core x86_64 CPU machine (AMD EPYC, no GPU), jax 0.10.2, 2026-11-22"
 MACHINES = {
-    "subspace_sweep": f"{CPU}, 10 min 5 s; commit `211b086` plus the size-one vmap change "
-                      "(`aab507b`)",
+    "subspace_sweep": "this project's 2-core x86_64 CPU machine (AMD EPYC, no GPU), 2 XLA "
+                      "devices, jax 0.10.2, 2026-12-05, commit `7709858`, 9 min 2 s (units: "
+                      "conv full 30 s, conv subspace 174 s, FC full 18 s, FC subspace 315 s)",
     "intrinsic_dimension": H100,
     "memorization": f"{CPU}, 42 min 34 s, shared part of the time with the test suite",
     "lottery": H100, "pruning_compare": H100, "wann": H100, "zoo": H100,
@@ -78,7 +79,7 @@ MACHINES = {
                   "`f212c82`; current protocol: the 2-core Intel Xeon CPU, 2026-12-03, "
                   "commit `124aa88`",
     "interpret": f"{CPU}, 22 s",
-    "frontier": "this project's 2-core x86_64 CPU (AMD EPYC), 2026-12-04, about 2 s; it reads "
+    "frontier": "this project's 2-core x86_64 CPU (AMD EPYC), 2026-12-05, about 2 s; it reads "
                 "the committed summaries and trains nothing",
 }
 
@@ -126,25 +127,38 @@ def figure(name: str, alt: str) -> str:
 
 
 # ---------------------------------------------------------------- subspace_sweep
+SWEEP = "cpu/subspace_sweep"  # the default main job, current protocol
+
+
 def subspace_sweep(root: str) -> str:
-    s = load(root, "subspace_sweep_summary.json")
+    s, cfg = load(root, f"{SWEEP}/summary.json"), load(root, f"{SWEEP}/config.json")
     rows = []
     for name, m in s["models"].items():
         for r in m["subspace"] + m["full"]:
             d = "full" if r in m["full"] else f"{r['d']:,}"
             rows.append([name, f"{m['params']:,}", d, f"{r['learning_rate']:g}",
                          pct(r["val_acc_mean"], r["val_acc_sd"]),
-                         pct(r["test_acc_mean"], r["test_acc_sd"]), r["seeds"], r["diverged"]])
+                         pct(r["decide_acc_mean"], r["decide_acc_sd"]),
+                         pct(r["test_acc_mean"], r["test_acc_sd"]),
+                         f"{r['best_epoch_mean']:g}", r["seeds"], r["diverged"]])
+    epochs = s["epochs"]
     body = ["Accuracy after training in a random d-dimensional subspace theta0 + P·omega "
             "(dense Gaussian P, unit-norm columns, omega_0 = 0; all d of a seed share one P), "
-            "4 epochs, parameters of the best validation epoch scored once on test. "
-            "Mean ± sd over seeds. Data: `docs/results/subspace_sweep_summary.json`.", "",
-            *table(["model", "params D", "d", "lr", "val acc %", "test acc %", "seeds",
-                    "diverged"], rows, "lrrrrrrr"), "",
+            f"{epochs} epochs of Adam, {len(cfg['seeds'])} seeds; subspace batch "
+            f"{cfg['subspace_batch_size']}, full space {cfg['train']['batch_size']}. Each run "
+            "keeps the parameters of its best epoch on the choosing validation half; the deciding "
+            "half and the test set chose nothing and are scored once. Mean ± sd over seeds. "
+            f"Data: `docs/results/{SWEEP}/summary.json`.", "",
+            *table(["model", "params D", "d", "lr", "val acc % (chooses)", "decide acc %",
+                    "test acc %", f"best epoch (of {epochs})", "seeds", "diverged"], rows,
+                   "lrrrrrrrrr"), "",
             figure("subspace_sweep_accuracy_vs_d.png", "accuracy vs d"), ""]
     return page("subspace_sweep: accuracy vs subspace size d", "subspace_sweep",
-                "python launch.py --experiment=subspace_sweep      # writes runs/subspace_sweep/",
-                body + subspace_long(root))
+                "python launch.py --experiment=subspace_sweep --workdir=runs/subspace_sweep\n"
+                f"cp runs/subspace_sweep/{{config,summary}}.json docs/results/{SWEEP}/\n"
+                "cp runs/subspace_sweep/accuracy_vs_d.png "
+                "docs/figures/subspace_sweep_accuracy_vs_d.png",
+                body + subspace_long(root), note=CURRENT)
 
 
 LONG = "cpu/subspace_sweep_conv_long"
@@ -1590,6 +1604,10 @@ def script(path: str):
 
 
 EARLIER_THROUGHPUT = (  # file, why it is kept
+    ("throughput_amd_2026-12-05a.json",
+     "Earlier the same day on the same AMD EPYC machine, before the dense projection's vmap "
+     "rule (`subspace_jax/subspace.py`) and the channel-major conv matmul's explicit VJP "
+     "(`subspace_jax/models.py`)"),
     ("throughput_amd_2026-12-04.json",
      "Before the models' conv stack ran channel-major (C x N x H x W, `subspace_jax/models.py` "
      "module doc), on the same AMD EPYC machine"),
