@@ -14,7 +14,7 @@ each d gets the one with the best mean validation accuracy). 4 epochs;
 the params of the best validation epoch are scored once on the test set.
 
 Cost: 542 s (9 min 2 s) on the 2-core AMD EPYC (2026-12-05, commit 7709858,
-alone): conv full 30 s, conv subspace 174 s, FC full 18 s, FC subspace 315 s.
+alone; its conv-matmul VJP since reverted, within noise): conv full 30 s, conv subspace 174 s, FC full 18 s, FC subspace 315 s.
 The FC subspace unit is bound by reading its 199,210 x 1,000 P twice a step
 (~0.8 GB each; one core already saturates this machine's ~19 GB/s, so the
 second device does not help it): at that bandwidth its floor is ~265 s. The

@@ -105,27 +105,7 @@ def conv2d_cnhw(x_CNHW, w_KKCO):
     # Patch row order (i, j, c) matches w.reshape(k*k*C, O).
     patches_PxM = jnp.stack([x_CNHW[:, :, i:i + h, j:j + w]
                              for i in range(k) for j in range(k)]).reshape(k * k * c, n * h * w)
-    return _weights_times_patches(w_KKCO.reshape(-1, o).T, patches_PxM).reshape(o, n, h, w)
-
-
-@jax.custom_vjp
-def _weights_times_patches(w_OxP, patches_PxM):
-    return w_OxP @ patches_PxM
-
-
-def _wtp_fwd(w_OxP, patches_PxM):
-    return w_OxP @ patches_PxM, (w_OxP, patches_PxM)
-
-
-def _wtp_bwd(res, g_OxM):
-    # Both gradients as the products they are, M minor: autodiff's own form
-    # computes d(patches) as M x P then transposes it, which under vmap (runs
-    # batched) stays a separate, slow transpose of the largest array.
-    w_OxP, patches_PxM = res
-    return g_OxM @ patches_PxM.T, w_OxP.T @ g_OxM
-
-
-_weights_times_patches.defvjp(_wtp_fwd, _wtp_bwd)
+    return (w_KKCO.reshape(-1, o).T @ patches_PxM).reshape(o, n, h, w)
 
 
 def depthwise2d_cnhw(x_CNHW, w_KKC, b_C):

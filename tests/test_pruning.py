@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +133,18 @@ def test_flops_per_weight_conv_and_dense():
     assert fpw["dense0/w"] == 2 and fpw["dense0/b"] == 1
     rep = masks.report(jnp.ones(lay.D), lay, masks.flops_per_weight(m, (6, 6, 1)))
     assert rep["flops"] == rep["dense_flops"] == 18 * 32 + 2 * 16 * 2 + 80 * 2 + 10
+
+
+def test_flops_per_weight_sees_through_custom_vjp():
+    @jax.custom_vjp
+    def matmul(x, w):
+        return x @ w
+
+    matmul.defvjp(lambda x, w: (x @ w, (x, w)), lambda r, g: (g @ r[1].T, r[0].T @ g))
+    init = lambda key: {"w": jnp.zeros((6, 3))}
+    plain = types.SimpleNamespace(init=init, apply=lambda p, x: x.reshape(1, -1) @ p["w"])
+    custom = types.SimpleNamespace(init=init, apply=lambda p, x: matmul(x.reshape(1, -1), p["w"]))
+    assert masks.flops_per_weight(custom, (6,))[0] == masks.flops_per_weight(plain, (6,))[0] == 2
 
 
 def test_masked_weights_stay_exactly_zero_through_training():

@@ -67,7 +67,8 @@ H100 = ("a lent NVIDIA H100 80GB, jax 0.11.2 with CUDA, 2026-11-22, commit `2e09
 CPU = "this project's 2-core x86_64 CPU machine (AMD EPYC, no GPU), jax 0.10.2, 2026-11-22"
 MACHINES = {
     "subspace_sweep": "this project's 2-core x86_64 CPU machine (AMD EPYC, no GPU), 2 XLA "
-                      "devices, jax 0.10.2, 2026-12-05, commit `7709858`, 9 min 2 s (units: "
+                      "devices, jax 0.10.2, 2026-12-05, commit `7709858` (its conv-matmul VJP since "
+                      "reverted; results agree to float rounding), 9 min 2 s (units: "
                       "conv full 30 s, conv subspace 174 s, FC full 18 s, FC subspace 315 s)",
     "intrinsic_dimension": H100,
     "memorization": f"{CPU}, 42 min 34 s, shared part of the time with the test suite",
@@ -1606,8 +1607,9 @@ def script(path: str):
 EARLIER_THROUGHPUT = (  # file, why it is kept
     ("throughput_amd_2026-12-05a.json",
      "Earlier the same day on the same AMD EPYC machine, before the dense projection's vmap "
-     "rule (`subspace_jax/subspace.py`) and the channel-major conv matmul's explicit VJP "
-     "(`subspace_jax/models.py`)"),
+     "rule (`subspace_jax/subspace.py`). The run above also had an explicit VJP for the "
+     "channel-major conv matmul, since reverted: it broke forward-mode autodiff of the models, "
+     "and its gain (1-8% on vmapped conv runs) was inside this machine's noise"),
     ("throughput_amd_2026-12-04.json",
      "Before the models' conv stack ran channel-major (C x N x H x W, `subspace_jax/models.py` "
      "module doc), on the same AMD EPYC machine"),

@@ -220,10 +220,11 @@ def _walk(jaxpr, origin: dict, sizes, per_weight: np.ndarray) -> None:
                 if not hasattr(v, "val") and v in origin]
         if not srcs:
             continue
-        inner = eqn.params.get("jaxpr")
+        # nested jit, or a custom_vjp/custom_jvp call (e.g. the conv matmul)
+        inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
         name = eqn.primitive.name
         out = eqn.outvars[0].aval
-        if inner is not None:  # nested jit: follow the leaves inside
+        if inner is not None:  # follow the leaves inside
             inner = getattr(inner, "jaxpr", inner)
             sub = {inner.invars[j]: leaf for j, leaf in srcs}
             _walk(inner, sub, sizes, per_weight)
