@@ -220,7 +220,7 @@ def _walk(jaxpr, origin: dict, sizes, per_weight: np.ndarray) -> None:
                 if not hasattr(v, "val") and v in origin]
         if not srcs:
             continue
-        # nested jit, or a custom_vjp/custom_jvp call (e.g. the conv matmul)
+        # nested jit, or a custom_vjp/custom_jvp call (e.g. the dense projection)
         inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
         name = eqn.primitive.name
         out = eqn.outvars[0].aval
