@@ -219,9 +219,10 @@ def intrinsic_dimension(root: str) -> list[dict]:
     return out
 
 
-# (summary, protocol) of each committed subspace_sweep run
+# (summary, protocol) of each committed subspace_sweep run; the conv net's
+# 20-epoch long run (cpu/subspace_sweep_conv_long) is superseded by the 40-epoch one
 SWEEPS = (("cpu/subspace_sweep/summary.json", "current"),
-          ("cpu/subspace_sweep_conv_long/summary.json", "current"))
+          ("cpu/subspace_sweep_conv_long40/summary.json", "current"))
 
 
 def subspace_sweep(root: str) -> list[dict]:

@@ -174,7 +174,8 @@ def run(cfg, workdir: str) -> dict:
         summary["models"][name] = {"params": D, **table}
         for label, row in ([(f"{r['d']:,}", r) for r in table["subspace"]]
                            + [("full", r) for r in table["full"]]):
-            lines.append(f"| {name} | {D:,} | {label} | {row['learning_rate']:g} | "
+            edge = f" ({row['at_edge']} end of the grid)" if row.get("at_edge") else ""
+            lines.append(f"| {name} | {D:,} | {label} | {row['learning_rate']:.4g}{edge} | "
                          f"{sweep.fmt_pct(row['val_acc_mean'], row['val_acc_sd'])} | "
                          f"{sweep.fmt_pct(row['test_acc_mean'], row['test_acc_sd'])} | "
                          f"{'-' if row['best_epoch_mean'] is None else row['best_epoch_mean']:g}"

@@ -160,7 +160,10 @@ def select_and_summarise(records: Sequence[dict], group_by: str, select_by: str 
     """Per ``group_by`` value, chooses the ``select_by`` value on ``metric``
     (``report.choose``: fewest diverged seeds, then best mean of the ok ones),
     then reports mean and sd over the ok seeds of the chosen value; diverged
-    seeds are counted beside. Test accuracy is never used to choose.
+    seeds are counted beside. Test accuracy is never used to choose. Each row
+    also lists every candidate's mean ``metric`` (``candidates``) and says in
+    ``at_edge`` ("low" / "high" / None) whether the choice sat at an end of a
+    grid of several values: the optimum may then lie outside the grid.
     """
     table = []
     for g in sorted({r[group_by] for r in records}):
@@ -171,6 +174,12 @@ def select_and_summarise(records: Sequence[dict], group_by: str, select_by: str 
         row = {group_by: g, select_by: best,
                **report.stats(chosen, ("val_acc", "decide_acc", "test_acc", "train_acc"))}
         row["seeds"] = row.pop("ok")
+        row["candidates"] = [{select_by: o, f"{metric}_mean": report.mean_sd(
+            report.ok_values(options[o], metric))[0], "ok": sum(map(report.is_ok, options[o])),
+            "runs": len(options[o])} for o in sorted(options)]
+        row["at_edge"] = (None if len(options) < 2 or best is None else
+                          "low" if best == min(options) else
+                          "high" if best == max(options) else None)
         table.append(row)
     return table
 

@@ -42,6 +42,12 @@ def test_select_and_summarise_reports_ok_seeds_only():
     (row,) = sweep.select_and_summarise(runs, "d")
     assert row["learning_rate"] == 0.01 and row["seeds"] == 2 and row["diverged"] == 0
     assert row["test_acc_mean"] == pytest.approx(0.75)
+    assert row["at_edge"] == "low"  # the smaller of two lrs won: the grid may be too narrow
+    assert [c["val_acc_mean"] for c in row["candidates"]] == pytest.approx([0.75, 0.9])
+    assert [c["ok"] for c in row["candidates"]] == [2, 1]
+    mid = runs + [rec(0, 0.6, d=10, learning_rate=0.001)]
+    (inner,) = sweep.select_and_summarise(mid, "d")
+    assert inner["learning_rate"] == 0.01 and inner["at_edge"] is None
     (only,) = sweep.select_and_summarise(runs[:2], "d")  # the diverged seed stays out
     assert only["seeds"] == 1 and only["diverged"] == 1 and only["test_acc_mean"] == 0.9
 

@@ -163,17 +163,20 @@ def test_vmap_over_projection_seeds_equals_loop(kind):
     def all_ways(keys, omega_3xd):
         shared = lambda w: f(keys[0], w)
         runs = lambda k: jax.vmap(lambda w: f(k, w))(omega_3xd)  # 3 runs on each seed's P
+        one_omega = lambda k: f(k, omega_3xd[0])
         return (jax.vmap(f)(keys, omega_3xd), lax.map(lambda kw: f(*kw), (keys, omega_3xd)),
                 jax.vmap(shared)(omega_3xd), lax.map(shared, omega_3xd),
                 jax.vmap(runs)(keys), lax.map(lambda k: lax.map(lambda w: f(k, w), omega_3xd),
-                                              keys))
+                                              keys),
+                jax.vmap(one_omega)(keys), lax.map(one_omega, keys))
 
-    vmapped, looped, vmapped_shared, looped_shared, nested, nested_looped = all_ways(
-        keys, omega_3xd)
+    (vmapped, looped, vmapped_shared, looped_shared, nested, nested_looped, one_omega,
+     one_omega_looped) = all_ways(keys, omega_3xd)
     # Per-seed keys; one key shared by all runs (the d_active runs of a sweep,
     # where P is built once and omega is batched: dense has its own vmap rule
-    # there); and both at once (seeds x runs).
-    for a, b in ((vmapped, looped), (vmapped_shared, looped_shared), (nested, nested_looped)):
+    # there); both at once (seeds x runs); and P batched with omega shared.
+    for a, b in ((vmapped, looped), (vmapped_shared, looped_shared), (nested, nested_looped),
+                 (one_omega, one_omega_looped)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(vmapped[1][0], vmapped[1][1])  # the seeds differ

@@ -75,7 +75,8 @@ MACHINES = {
     "lottery": H100, "pruning_compare": H100, "wann": H100, "zoo": H100,
     "golf": "previous protocol: searches on the H100 (jax 0.11.2) and on the 2-core CPU, "
             "2026-11-22, code of commit `f212c82`; current protocol: the 2-core Intel Xeon "
-            "CPU, jax 0.10.2, 2026-12-03, commit `124aa88`",
+            "CPU, jax 0.10.2, 2026-12-03, commit `124aa88` (the default search: the 2-core AMD "
+            "EPYC, 2026-12-06, commit `8d3143d`)",
     "golf_prune": f"previous protocol: {CPU}, shared with other jobs, code of commit "
                   "`f212c82`; current protocol: the 2-core Intel Xeon CPU, 2026-12-03, "
                   "commit `124aa88`",
@@ -131,16 +132,18 @@ def figure(name: str, alt: str) -> str:
 SWEEP = "cpu/subspace_sweep"  # the default main job, current protocol
 
 
+def accs(r: dict) -> list[str]:
+    """A select_and_summarise row's choosing, deciding and test accuracy cells."""
+    return [pct(r[f"{k}_mean"], r[f"{k}_sd"]) for k in ("val_acc", "decide_acc", "test_acc")]
+
+
 def subspace_sweep(root: str) -> str:
     s, cfg = load(root, f"{SWEEP}/summary.json"), load(root, f"{SWEEP}/config.json")
     rows = []
     for name, m in s["models"].items():
         for r in m["subspace"] + m["full"]:
             d = "full" if r in m["full"] else f"{r['d']:,}"
-            rows.append([name, f"{m['params']:,}", d, f"{r['learning_rate']:g}",
-                         pct(r["val_acc_mean"], r["val_acc_sd"]),
-                         pct(r["decide_acc_mean"], r["decide_acc_sd"]),
-                         pct(r["test_acc_mean"], r["test_acc_sd"]),
+            rows.append([name, f"{m['params']:,}", d, f"{r['learning_rate']:g}", *accs(r),
                          f"{r['best_epoch_mean']:g}", r["seeds"], r["diverged"]])
     epochs = s["epochs"]
     body = ["Accuracy after training in a random d-dimensional subspace theta0 + P·omega "
@@ -162,10 +165,24 @@ def subspace_sweep(root: str) -> str:
                 body + subspace_long(root), note=CURRENT)
 
 
-LONG = "cpu/subspace_sweep_conv_long"
-LONG_RUN = ("the 2-core Intel Xeon CPU, 2 XLA devices, jax 0.10.2, 2026-12-03, commit "
-            "`d97f752` (summary rewritten by resuming at the commit that added it), 1 h 54 min wall "
-            "(full space 2 min 35 s), sharing the CPU with tests, a local CI run and another run")
+LONG = "cpu/subspace_sweep_conv_long40"
+LONG_RUN = ("the 2-core AMD EPYC CPU, 2 XLA devices, jax 0.10.2, 2026-12-06, commit `8d3143d` "
+            "with this section's summary fields added (summary rewritten by resuming), 1 h 0 min "
+            "wall (full space 2 min 16 s), sharing the CPU with small test runs")
+LONG_OLD = "cpu/subspace_sweep_conv_long"  # 20 epochs, lr0 in {0.025, 0.05, 0.1}: superseded
+
+
+def superseded_long(root: str) -> str:
+    """One line on the earlier long run: its grid and where its choices fell."""
+    s, cfg = load(root, f"{LONG_OLD}/summary.json"), load(root, f"{LONG_OLD}/config.json")
+    lr0s = sorted(cfg["subspace_learning_rates"])
+    chosen = [r["learning_rate"] / min(1.0, (cfg["subspace_lr_d0"] / r["d"]) ** 0.5)
+              for r in s["models"]["conv_subspace"]["subspace"]]
+    low = sum(abs(c - lr0s[0]) < 1e-6 * lr0s[0] for c in chosen)
+    return (f"Superseded: a {s['epochs']}-epoch run with lr0 in "
+            f"{{{', '.join(f'{v:g}' for v in lr0s)}}} chose the grid's lowest lr0 at {low} of "
+            f"{len(chosen)} d (data kept in `docs/results/{LONG_OLD}/`); the run above extends "
+            "the grid down and trains longer.\n")
 
 
 def subspace_long(root: str) -> list[str]:
@@ -177,20 +194,29 @@ def subspace_long(root: str) -> list[str]:
     frontier = importlib.import_module("experiments.frontier")  # its published points
     subspace_nn = {p[0]: p[1] for p in frontier.PUBLISHED if p[3] == frontier.SUBSPACE_NN}
     half = epochs // 2
-    rows = []
+    rows, grid, rises = [], [], []
     for r in m["subspace"] + m["full"]:
         full = r in m["full"]
         d = m["params"] if full else r["d"]
         curve = r["val_acc_curve"]
-        rise = (f"{100 * (max(curve[half:]) - max(curve[:half])):+.2f}" if len(curve) == epochs
-                else "-")
-        rows.append(["full" if full else f"{d:,}", f"{r['learning_rate']:.4g}",
-                     pct(r["val_acc_mean"], r["val_acc_sd"]),
-                     pct(r["decide_acc_mean"], r["decide_acc_sd"]),
-                     pct(r["test_acc_mean"], r["test_acc_sd"]),
+        gain = 100 * (max(curve[half:]) - max(curve[:half])) if len(curve) == epochs else None
+        rise = "-" if gain is None else f"{gain:+.2f}"
+        if gain is not None and not full:
+            rises.append((gain, d))
+        edge = f" ({r['at_edge']} end)" if r.get("at_edge") else ""
+        rows.append(["full" if full else f"{d:,}", f"{r['learning_rate']:.4g}{edge}", *accs(r),
                      f"{r['best_epoch_mean']:g}", rise, pct(subspace_nn.get(d), None, 1),
                      r["seeds"], r["diverged"]])
+        if not full and r.get("candidates"):
+            cands = r["candidates"]
+            grid.append(f"d = {d:,}: " + ", ".join(
+                f"{c['learning_rate']:.4g} {pct(c['val_acc_mean'], None)}" for c in cands)
+                + ("" if not r.get("at_edge") else
+                   f" (the next lr {100 * (r['val_acc_mean'] - cands[1 if r['at_edge'] == 'low' else -2]['val_acc_mean']):.2f} points lower)"))
     lr0 = ", ".join(f"{v:g}" for v in cfg["subspace_learning_rates"])
+    lr0_flag = "(" + ",".join(f"{v:g}" for v in cfg["subspace_learning_rates"]) + ")"
+    edges = [r for r in m["subspace"] if r.get("at_edge")]
+    workdir = f"runs/subspace_sweep_conv_long{epochs}"
     return [
         f"## The conv net to d = 10,000, {epochs} epochs (current protocol)", "",
         f"conv_subspace (D = {m['params']:,}), dense P (one per seed, d up to 10,000, the "
@@ -203,18 +229,26 @@ def subspace_long(root: str) -> list[str]:
         f"best mean validation accuracy of epochs {half + 1}-{epochs} minus that of epochs "
         f"1-{half}, in points: how much the second half of the run still added. "
         f"Machine: {LONG_RUN}. Data: `docs/results/{LONG}/summary.json`.", "",
-        *table(["d", "lr", "val acc % (chooses)", "decide acc %", "test acc %",
+        *table(["d", "lr (grid end?)", "val acc % (chooses)", "decide acc %", "test acc %",
                 f"best epoch (of {epochs})", "rise, points", "subspace-nn, 100 epochs",
                 "seeds", "diverged"], rows, "rrrrrrrrrr"), "",
+        *([f"Why {epochs} epochs: the runs stop there by budget; the second half added at most "
+           f"{max(rises)[0]:+.2f} points of mean choosing-half accuracy at any d (d = "
+           f"{max(rises)[1]:,}), the rise column per d.", ""] if rises else []),
+        *(["The lr actually used at each d, and the mean choosing-half accuracy of every "
+           "candidate (the chosen one is the best): " + "; ".join(grid) + ". "
+           + (f"{len(edges)} of {len(m['subspace'])} choices sit at an end of the grid, so "
+              "a wider grid could still change them." if edges else
+              "Every choice lies inside the grid."), ""] if grid else []),
+        *([superseded_long(root)] if exists(root, f"{LONG_OLD}/summary.json") else []),
         figure("subspace_sweep_conv_long_val_curves.png", "validation accuracy per epoch"), "",
         "```bash",
         "python launch.py --experiment=subspace_sweep --config.models='(\"conv_subspace\",)' \\",
         "    --config.dims='(1000,3000,10000)' --config.subspace_lr_rule=sqrt \\",
-        "    --config.subspace_learning_rates='(0.025,0.05,0.1)' --config.train.epochs=20 \\",
-        "    --workdir=runs/subspace_sweep_conv_long",
-        f"cp runs/subspace_sweep_conv_long/{{config,summary}}.json docs/results/{LONG}/",
-        "cp runs/subspace_sweep_conv_long/val_curves.png "
-        "docs/figures/subspace_sweep_conv_long_val_curves.png",
+        f"    --config.subspace_learning_rates='{lr0_flag}' --config.train.epochs={epochs} \\",
+        f"    --workdir={workdir}",
+        f"cp {workdir}/{{config,summary}}.json docs/results/{LONG}/",
+        f"cp {workdir}/val_curves.png docs/figures/subspace_sweep_conv_long_val_curves.png",
         "```", ""]
 
 
@@ -1145,6 +1179,8 @@ GOLF_RUNS = [  # (dir, search, protocol)
     ("current_ref_space_16ep", "reference neighbourhood, 16 epochs (CPU)", "current"),
     ("gmp450_aug", "pruned to 450 during training, warped batches + EMA, 40 epochs (CPU)",
      "current"),
+    ("current_default_cpu", "the default search: full space, budget 1,000, 8 epochs (CPU, "
+     "7 min 27 s)", "current"),
 ]
 GOLF_OPTIONS = (("augment", "warped batches"), ("ema", "weight EMA"), ("bn", "batch norm folded"))
 GOLF_CURRENT = "golf/current_ref_space_16ep"   # the golf final under the current protocol
@@ -1302,7 +1338,9 @@ def golf(root: str) -> str:
         "Brute-force pruning of the exported model: [golf_prune](golf_prune.md); what the "
         "pruned model computes: [interpret](interpret.md).", ""]
     commands = """
-python launch.py --experiment=golf                                          # budget 1,000
+# the default search, budget 1,000: 7 min 27 s on the 2-core AMD EPYC, 2026-12-06, commit 8d3143d
+python launch.py --experiment=golf --workdir=runs/golf_default  # -> docs/results/golf/current_default_cpu/
+python tools/check_model.py docs/results/golf/current_default_cpu/golf.npz  # seed 4: 96.73%, 703
 python launch.py --experiment=golf --config.budget=600 --workdir=runs/golf_600
 python launch.py --experiment=golf --workdir=runs/golf_ref_space_16ep \\
     --config.space.channels='((4,5),(5,6),(4,5))' --config.space.kernels='((4,4),(3,3),(3,3))' \\
