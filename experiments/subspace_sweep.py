@@ -20,7 +20,10 @@ The FC subspace unit is bound by reading its 199,210 x 1,000 P twice a step
 second device does not help it): at that bandwidth its floor is ~265 s. The
 same job took 717 s that morning before the dense projection's vmap rule
 (subspace.py) and 806 s on 2026-12-04 before the channel-major conv stack;
-issue 12's target, 8 min, is missed by 1 min 2 s.
+issue 12's target, 8 min, is missed by 1 min 2 s. Run as two concurrent
+processes, one per model (bandwidth-bound FC beside compute-bound conv), the
+same job took 351 s with equal accuracies (2026-12-07,
+benchmarks/results/main_job_overlap_amd.log); not built into run_units yet.
 Measured (2 seeds, 4 epochs, current protocol; docs/results/subspace_sweep.md
 has the table), test accuracy: conv full 98.7%, d=1000 95.8%, d=300 91.5%,
 d=100 76.5%; FC full 97.4%, d=1000 91.7%, d=300 82.3%, d=100 63.0%. The
