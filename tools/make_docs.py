@@ -175,10 +175,12 @@ LONG_OLD = "cpu/subspace_sweep_conv_long"  # 20 epochs, lr0 in {0.025, 0.05, 0.1
 def superseded_long(root: str) -> str:
     """One line on the earlier long run: its grid and where its choices fell."""
     s, cfg = load(root, f"{LONG_OLD}/summary.json"), load(root, f"{LONG_OLD}/config.json")
+    rule = importlib.import_module("subspace_jax.subspace").learning_rate  # the lr rule's home
     lr0s = sorted(cfg["subspace_learning_rates"])
-    chosen = [r["learning_rate"] / min(1.0, (cfg["subspace_lr_d0"] / r["d"]) ** 0.5)
+    chosen = [r["learning_rate"] / float(rule(cfg["subspace_lr_rule"], 1.0, r["d"],
+                                               cfg["subspace_lr_d0"]))
               for r in s["models"]["conv_subspace"]["subspace"]]
-    low = sum(abs(c - lr0s[0]) < 1e-6 * lr0s[0] for c in chosen)
+    low = sum(abs(c - lr0s[0]) < 1e-5 * lr0s[0] for c in chosen)
     return (f"Superseded: a {s['epochs']}-epoch run with lr0 in "
             f"{{{', '.join(f'{v:g}' for v in lr0s)}}} chose the grid's lowest lr0 at {low} of "
             f"{len(chosen)} d (data kept in `docs/results/{LONG_OLD}/`); the run above extends "
@@ -209,10 +211,12 @@ def subspace_long(root: str) -> list[str]:
                      r["seeds"], r["diverged"]])
         if not full and r.get("candidates"):
             cands = r["candidates"]
-            grid.append(f"d = {d:,}: " + ", ".join(
+            text = f"d = {d:,}: " + ", ".join(
                 f"{c['learning_rate']:.4g} {pct(c['val_acc_mean'], None)}" for c in cands)
-                + ("" if not r.get("at_edge") else
-                   f" (the next lr {100 * (r['val_acc_mean'] - cands[1 if r['at_edge'] == 'low' else -2]['val_acc_mean']):.2f} points lower)"))
+            if r.get("at_edge"):  # how much the edge choice beat its only neighbour by
+                nxt = cands[1 if r["at_edge"] == "low" else -2]["val_acc_mean"]
+                text += f" (the next lr {100 * (r['val_acc_mean'] - nxt):.2f} points lower)"
+            grid.append(text)
     lr0 = ", ".join(f"{v:g}" for v in cfg["subspace_learning_rates"])
     lr0_flag = "(" + ",".join(f"{v:g}" for v in cfg["subspace_learning_rates"]) + ")"
     edges = [r for r in m["subspace"] if r.get("at_edge")]
